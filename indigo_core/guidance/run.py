@@ -1,0 +1,472 @@
+"""GuidanceRun: the explicit per-run state of a guided sampling run.
+
+Created once per sampling run (validates inputs first, then builds the private INN copy, the
+optimiser, z_y = E(up(y)) and the other per-run constants), then called once per model
+evaluation with the current clean-latent estimate:
+
+    run = GuidanceRun(settings, measurement=y, latent_shape=(B, C, h, w), autoencoder=ae, inn=inn)
+    for each model evaluation:                       # sigma -> step_index_from_sigmas(...)
+        z0 = run.step(z0, step_index, n_steps)       # VAE-space latents
+    image = run.finish(decoded_image)                # colour fix
+
+Per call, in order (Alg. 1 / Alg. 2): guidance update (if its schedule is active), regulariser
+E(D(z0)) (first call of a scheduled step), refinement of the private INN (first call of a
+scheduled step, one optimiser step, from the same INN forward the guidance used).
+
+Everything is float32 inside except the autoencoder, which may run in fp16/bf16 (cast at the
+boundary, see autoencoder.py). Nothing in `step` reads tensors back to the host: records keep
+tensors and convert only when read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError, DomainError, InputValueError, ShapeError
+from .autoencoder import Autoencoder, ae_decode, ae_encode
+from .baselines import hgs_objective, ldps_objective, pgdiff_objective, sobel_magnitude
+from .colour import colour_fix
+from .latent_inn import latent_inn_guide, measurement_latent, upsample_measurement
+from .pixel_inn import Objective, pixel_inn_objective
+from .refine import inn_config, maybe_optimizer, private_inn_copy, private_module_copy, refine_step, set_trainable
+from .regulariser import reencode
+from .settings import GRADIENT_MODES, GuidanceSettings
+from .update import descent_update, dot_per_item, rms_per_item
+
+DenoiseFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class StepRecord:
+    """What one call of `step`/`step_zt` did. Tensors stay on the device (no sync when written).
+
+    residual: (B,) rms data-consistency residual of the estimate before the update
+        (latent_inn: rms(z_c - z_y); pixel_inn/ldps: rms(y - g_c(x0)); hgs: Sobel residual;
+        pgdiff: rms(x0 - r)); None when nothing was computed.
+    refine_loss: scalar refinement loss before the optimiser step, or None.
+    """
+
+    step_index: int
+    n_steps: int
+    guided: bool
+    regularised: bool
+    refined: bool
+    residual: Optional[Tensor] = None
+    refine_loss: Optional[Tensor] = None
+
+
+def _is_tensor(x, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise InputValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise InputValueError(f"{name}: expected finite values, got NaN or inf")
+
+
+def _check_image(x: Tensor, name: str, batch: int) -> None:
+    if x.dim() != 4 or x.shape[1] != 3:
+        hint = " (ComfyUI IMAGEs are (B,H,W,3): permute to (B,3,H,W))" if x.dim() == 4 and x.shape[-1] == 3 else ""
+        raise ShapeError(f"{name}: expected (B,3,H,W), got {tuple(x.shape)}{hint}")
+    if x.shape[0] not in (1, batch):
+        raise ShapeError(f"{name}: expected a batch of {batch} (one per latent) or 1, got {x.shape[0]}")
+    _check_finite(x, name)
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -0.5 or hi > 1.5:
+        raise InputValueError(f"{name}: expected values in [0, 1], got min {lo:.4g}, max {hi:.4g}"
+                              " (0..255 images must be divided by 255)")
+
+
+def _check_aspect(name: str, got: Sequence[int], target: Sequence[int], what: str) -> None:
+    hy, wy = int(got[0]), int(got[1])
+    ht, wt = int(target[0]), int(target[1])
+    tol = 1.0 + 0.01 * max(hy, wy)
+    if abs(wy - hy * wt / ht) > tol and abs(hy - wy * ht / wt) > tol:
+        raise ShapeError(f"{name}: expected the aspect ratio of {what} {ht}x{wt} "
+                         f"(e.g. {ht // 4}x{wt // 4} for x4), got {hy}x{wy}")
+
+
+class GuidanceRun:
+    """Per-run state and the guidance step. See the module docstring.
+
+    Args:
+        settings: GuidanceSettings.
+        measurement: y, (B|1,3,h_y,w_y) in [0,1] (None only for mode "none" without colour fix).
+            pixel_inn/ldps: (h_y,w_y) must equal inn.cfg.coarse_shape(H, W), H = h*downscale.
+            latent_inn/hgs: any size with the image's aspect ratio (y is upsampled).
+        latent_shape: (B,C,h,w) of the latents the sampler will pass (VAE space).
+        autoencoder: Autoencoder protocol object (encode/decode in [0,1]).
+        inn: WaveletINN for latent_inn/pixel_inn/ldps (never modified; a private copy is used).
+        degradation: (B|1, emb_dim) embedding (e.g. KDSR) or None.
+        perceptual: callable (B,3,H,W),(B,3,H,W) [0,1] -> (B,) (LPIPS); loaded with
+            indigo_core.metrics.lpips.load_lpips when None and mode pixel_inn with w_p > 0.
+        restoration: r for mode pgdiff, (B|1,3,H_r,W_r) in [0,1] (resized to the image size).
+        device: where the run's tensors live (default: the measurement's device).
+    Raises ShapeError / DomainError / InputValueError / ConfigError (expected vs got) before any
+    heavy work.
+    """
+
+    def __init__(self, settings: GuidanceSettings, *, measurement: Optional[Tensor],
+                 latent_shape: Sequence[int], autoencoder: Autoencoder, inn=None,
+                 degradation: Optional[Tensor] = None, perceptual=None,
+                 restoration: Optional[Tensor] = None, device=None) -> None:
+        if not isinstance(settings, GuidanceSettings):
+            raise ConfigError(f"settings: expected GuidanceSettings, got {type(settings).__name__}")
+        self.settings = s = settings
+        self.autoencoder = autoencoder
+        self._validate(measurement, latent_shape, autoencoder, inn, degradation, restoration)
+        if device is None:
+            device = measurement.device if measurement is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.records: List[StepRecord] = []
+        self._last_step: Optional[int] = None
+
+        B, C, h, w = self.latent_shape
+        d = self.downscale
+        with torch.inference_mode(False):
+            # Normal (non-inference) float32 copies of everything autograd may touch.
+            self.y = None if measurement is None else \
+                measurement.detach().clone().to(self.device, torch.float32).expand(B, -1, -1, -1).contiguous()
+            self.degradation = None if degradation is None else \
+                degradation.detach().clone().to(self.device, torch.float32).expand(B, -1).contiguous()
+            self.inn = private_inn_copy(inn, self.device) if s.uses_inn else None
+            self.optimizer, self._params = maybe_optimizer(self.inn, s.refine) if self.inn is not None else (None, [])
+            self.perceptual = self._load_perceptual(perceptual) if s.needs_perceptual else None
+
+            self.z_y = None
+            if s.mode == "latent_inn":
+                hc, wc = inn_config(self.inn).coarse_shape(h, w)
+                self.z_y = measurement_latent(self.y, autoencoder, (hc * d, wc * d)).float()
+            self.edges = None
+            if s.mode == "hgs":
+                self.edges = sobel_magnitude(upsample_measurement(self.y, (h * d, w * d)))
+            self.restoration = None
+            if s.mode == "pgdiff":
+                self.restoration = upsample_measurement(
+                    restoration.detach().clone().to(self.device, torch.float32), (h * d, w * d)
+                ).expand(B, -1, -1, -1).contiguous()
+            self.max_step = None
+            if s.mode in GRADIENT_MODES and s.max_step is not None:
+                z_ref = measurement_latent(self.y, autoencoder, (h * d, w * d)).float()
+                self.max_step = s.max_step * rms_per_item(z_ref).clamp_min(1e-6)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, y, latent_shape, ae, inn, degradation, restoration) -> None:
+        s = self.settings
+        if len(tuple(latent_shape)) != 4:
+            raise ShapeError(f"latent_shape: expected (B,C,h,w), got {tuple(latent_shape)}")
+        B, C, h, w = (int(v) for v in latent_shape)
+        self.latent_shape = (B, C, h, w)
+        lc = getattr(ae, "latent_channels", None)
+        d = getattr(ae, "downscale", None)
+        if lc is None or d is None or not hasattr(ae, "encode") or not hasattr(ae, "decode"):
+            raise ConfigError("autoencoder: expected an object with latent_channels, downscale, "
+                              f"encode and decode, got {type(ae).__name__}")
+        self.downscale = int(d)
+        if C != int(lc):
+            raise DomainError(f"latent: expected {lc} channels (the VAE's latent channels), got {C}")
+        H, W = h * self.downscale, w * self.downscale
+        if y is None:
+            if s.mode != "none" or s.colour_fix != "none":
+                raise InputValueError(f"measurement: expected an image for mode={s.mode!r}, "
+                                      f"colour_fix={s.colour_fix!r}, got None")
+        else:
+            _check_image(_is_tensor(y, "measurement"), "measurement", B)
+        if s.uses_inn:
+            if inn is None:
+                raise ConfigError(f"inn: mode {s.mode!r} needs an INN, got None")
+            cfg = inn_config(inn)
+            if cfg is None:
+                raise ConfigError(f"inn: expected a WaveletINN (with an INNConfig), got {type(inn).__name__}")
+            if cfg.domain != s.inn_domain:
+                raise DomainError(f"inn: mode {s.mode!r} expects a {s.inn_domain} INN, got a {cfg.domain} INN")
+            want_c = C if s.inn_domain == "latent" else 3
+            if cfg.channels != want_c:
+                what = "the VAE's latent channels" if s.inn_domain == "latent" else "RGB"
+                raise DomainError(f"inn: expected {want_c} channels ({what}), got a {cfg.channels}-channel INN")
+            if s.inn_domain == "pixel":
+                if H % cfg.scale or W % cfg.scale:
+                    raise ShapeError(f"image size {H}x{W} (latent {h}x{w}): expected multiples of the "
+                                     f"INN scale {cfg.scale}")
+                hc, wc = cfg.coarse_shape(H, W)
+                if tuple(y.shape[-2:]) != (hc, wc):
+                    raise ShapeError(
+                        f"measurement: expected {hc}x{wc} (image {H}x{W} from latent {h}x{w} / INN scale "
+                        f"{cfg.scale}), got {y.shape[-2]}x{y.shape[-1]}")
+            else:
+                if cfg.scale > 1 and (h % cfg.scale or w % cfg.scale):
+                    raise ShapeError(f"latent {h}x{w}: expected multiples of the INN scale {cfg.scale}")
+                hc, wc = cfg.coarse_shape(h, w)
+                _check_aspect("measurement", y.shape[-2:], (hc * self.downscale, wc * self.downscale), "the image")
+            if degradation is not None:
+                _is_tensor(degradation, "degradation")
+                if degradation.dim() != 2 or degradation.shape[1] != cfg.emb_dim or degradation.shape[0] not in (1, B):
+                    raise ShapeError(f"degradation: expected ({B} or 1, {cfg.emb_dim}), got {tuple(degradation.shape)}")
+                _check_finite(degradation, "degradation")
+        if s.mode == "hgs":
+            _check_aspect("measurement", y.shape[-2:], (H, W), "the image")
+        if s.mode == "pgdiff":
+            if restoration is None:
+                raise InputValueError("restoration: mode 'pgdiff' needs a restored image, got None")
+            _check_image(_is_tensor(restoration, "restoration"), "restoration", B)
+            _check_aspect("restoration", restoration.shape[-2:], (H, W), "the image")
+
+    def _load_perceptual(self, perceptual):
+        if perceptual is None:
+            try:
+                from ..metrics.lpips import load_lpips
+            except ImportError as exc:
+                raise ConfigError(
+                    f"w_p={self.settings.w_p}: the perceptual (LPIPS) term is unavailable "
+                    f"({exc}); set w_p = 0 to guide without it") from exc
+            try:
+                perceptual = load_lpips(net="alex", device=self.device)
+            except Exception as exc:  # the metrics module's PerceptualWeightsMissing, re-labelled
+                if type(exc).__name__ != "PerceptualWeightsMissing":
+                    raise
+                raise ConfigError(
+                    f"w_p={self.settings.w_p}: the LPIPS term needs offline backbone weights, which "
+                    f"are missing ({exc}); install them or set w_p = 0") from exc
+        if isinstance(perceptual, torch.nn.Module):
+            perceptual = private_module_copy(perceptual, self.device)
+        return perceptual
+
+    # ------------------------------------------------------------------ per-step helpers
+    def _check_latent(self, z: Tensor, name: str) -> None:
+        if tuple(z.shape) != self.latent_shape:
+            raise ShapeError(f"{name}: expected {self.latent_shape} (fixed when the run was created), "
+                             f"got {tuple(z.shape)}")
+
+    def _first_call(self, step_index: int) -> bool:
+        first = step_index != self._last_step
+        self._last_step = step_index
+        return first
+
+    def _objective(self, x0: Tensor) -> Objective:
+        s = self.settings
+        if s.mode == "pixel_inn":
+            return pixel_inn_objective(x0, self.y, self.inn, self.degradation, s.w_dc, s.w_p, self.perceptual)
+        if s.mode == "ldps":
+            return ldps_objective(x0, self.y, self.inn, self.degradation, s.w_dc)
+        if s.mode == "hgs":
+            return hgs_objective(x0, self.edges, s.w_dc)
+        return pgdiff_objective(x0, self.restoration, s.w_dc)
+
+    def _refine_pixel(self, obj: Optional[Objective], z: Tensor, x0: Optional[Tensor], retain: bool):
+        """Refinement loss mean((y - g_c(x0))^2) reusing the guidance forward when it has one."""
+        if obj is not None and obj.coarse is not None:
+            coarse = obj.coarse
+        else:
+            if x0 is None:
+                with torch.no_grad():
+                    x0 = ae_decode(self.autoencoder, z).float()
+            coarse, _ = self.inn(x0.detach(), self.degradation)
+        loss = F.mse_loss(coarse, self.y)
+        refine_step(self.optimizer, self._params, loss, retain_graph=retain)
+        return loss.detach()
+
+    # ------------------------------------------------------------------ the step
+    def step(self, z0: Tensor, step_index: int, n_steps: int) -> Tensor:
+        """Guide one clean-latent estimate.
+
+        z0: (B,C,h,w) in the VAE's latent space (any float dtype; may be an inference tensor).
+        step_index, n_steps: position in the run (`step_index_from_sigmas`).
+        Returns a new tensor (z0's dtype and device, no grad); z0 is not modified.
+        """
+        _is_tensor(z0, "z0")
+        self._check_latent(z0, "z0")
+        return self._step(z0, None, None, step_index, n_steps)
+
+    def step_zt(self, z_t: Tensor, denoise_fn: DenoiseFn, step_index: int, n_steps: int) -> Tensor:
+        """DPS-style guidance for grad_wrt="zt": the gradient is taken through the denoiser.
+
+        z_t: (B,C,h,w) noisy latent in the VAE's latent space; denoise_fn maps z_t (with grad) to
+        z0 (B,C,h,w) in the same space, keeping the graph (the host builds it, e.g. by calling the
+        model on process_in(z_t) and applying process_out). Update, per item i, with
+        h = the mode's objective at D(z0), d = grad_{z_t} h, slope = <grad_{z0} h, d> (both from
+        one backward):
+            polyak:   z0_i <- z0_i - step_size * h_i / slope_i * d_i   (no change if slope_i <= 0)
+            gradient: z0_i <- z0_i - step_size * d_i                   (DPS / INDIGO+)
+        i.e. the direction comes from z_t, the step length is the one that zeroes the linearised
+        h in z0 space, and the update is applied to z0 (the sampler then takes its usual step from
+        it). Regulariser and refinement as in `step`. Returns the new z0 (no grad).
+        """
+        _is_tensor(z_t, "z_t")
+        self._check_latent(z_t, "z_t")
+        return self._step(None, z_t, denoise_fn, step_index, n_steps)
+
+    def _step(self, z0: Optional[Tensor], z_t: Optional[Tensor], denoise_fn: Optional[DenoiseFn],
+              step_index: int, n_steps: int) -> Tensor:
+        s = self.settings
+        first = self._first_call(step_index)
+        guide = s.mode != "none" and s.schedule.active(step_index, n_steps)
+        regularise = first and s.regulariser.active(step_index, n_steps)
+        refine = first and self.optimizer is not None and s.refine.schedule.active(step_index, n_steps)
+        rec = StepRecord(step_index, n_steps, guided=guide, regularised=regularise, refined=refine)
+
+        with torch.inference_mode(False):
+            if z_t is not None:
+                out_dtype, out_device = z_t.dtype, z_t.device
+                if guide:
+                    z = self._gradient_step_zt(z_t, denoise_fn, rec, refine)
+                else:
+                    with torch.no_grad():
+                        z = denoise_fn(z_t.detach().clone()).detach().float()
+                    if refine:
+                        self._refine_only(z, rec)
+            else:
+                out_dtype, out_device = z0.dtype, z0.device
+                z = z0.detach().clone().to(self.device, torch.float32)
+                if s.mode == "latent_inn" and (guide or refine):
+                    z = self._latent_step(z, rec, guide, refine)
+                elif s.mode in GRADIENT_MODES and guide:
+                    z = self._gradient_step_z0(z, rec, refine)
+                elif refine:
+                    self._refine_only(z, rec)
+            if regularise:
+                z = reencode(z, self.autoencoder).float()
+            out = z.detach().to(device=out_device, dtype=out_dtype)
+        self.records.append(rec)
+        return out
+
+    def _latent_step(self, z: Tensor, rec: StepRecord, guide: bool, refine: bool) -> Tensor:
+        s = self.settings
+        if refine:
+            set_trainable(self._params, True)
+            with torch.enable_grad():
+                z_c, z_d = self.inn(z, self.degradation)
+                loss = F.mse_loss(z_c, self.z_y)
+            rec.residual = rms_per_item(z_c.detach() - self.z_y)
+            details = [t.detach() for t in z_d]
+            if guide:
+                z = latent_inn_guide(z, self.z_y, self.inn, self.degradation, s.zeta, details=details)
+            refine_step(self.optimizer, self._params, loss)
+            set_trainable(self._params, False)
+            rec.refine_loss = loss.detach()
+            return z
+        with torch.no_grad():
+            z_c, z_d = self.inn(z, self.degradation)
+            rec.residual = rms_per_item(z_c - self.z_y)
+            return latent_inn_guide(z, self.z_y, self.inn, self.degradation, s.zeta, details=z_d)
+
+    def _gradient_step_z0(self, z: Tensor, rec: StepRecord, refine: bool) -> Tensor:
+        s = self.settings
+        if refine:
+            set_trainable(self._params, True)
+        with torch.enable_grad():
+            zr = z.requires_grad_(True)
+            x0 = ae_decode(self.autoencoder, zr).float()  # decoded once, reused by every term
+            obj = self._objective(x0)
+            (grad,) = torch.autograd.grad(obj.h.sum(), zr, retain_graph=refine)
+            if refine:
+                rec.refine_loss = self._refine_pixel(obj, z, x0, retain=False)
+        if refine:
+            set_trainable(self._params, False)
+        rec.residual = obj.residual.detach()
+        slope = dot_per_item(grad, grad)
+        return descent_update(z.detach(), grad, obj.h.detach(), slope, s.step_size, s.step_rule, self.max_step)
+
+    def _gradient_step_zt(self, z_t: Tensor, denoise_fn: DenoiseFn, rec: StepRecord, refine: bool) -> Tensor:
+        s = self.settings
+        if refine:
+            set_trainable(self._params, True)
+        with torch.enable_grad():
+            zt = z_t.detach().clone().requires_grad_(True)
+            z0 = denoise_fn(zt)
+            if z0.shape != zt.shape:
+                raise ShapeError(f"denoise_fn: expected an output of {tuple(zt.shape)}, got {tuple(z0.shape)}")
+            z0f = z0.to(self.device, torch.float32)
+            x0 = ae_decode(self.autoencoder, z0f).float()
+            obj = self._objective(x0)
+            g_zt, g_z0 = torch.autograd.grad(obj.h.sum(), [zt, z0f], retain_graph=refine)
+            if refine:
+                rec.refine_loss = self._refine_pixel(obj, z0f, x0, retain=False)
+        if refine:
+            set_trainable(self._params, False)
+        rec.residual = obj.residual.detach()
+        g_zt = g_zt.to(self.device, torch.float32)
+        slope = dot_per_item(g_z0, g_zt)
+        return descent_update(z0f.detach(), g_zt, obj.h.detach(), slope, s.step_size, s.step_rule, self.max_step)
+
+    def _refine_only(self, z: Tensor, rec: StepRecord) -> None:
+        """Refinement on a step without guidance (its schedule may be wider than the guidance's)."""
+        set_trainable(self._params, True)
+        with torch.enable_grad():
+            if self.settings.mode == "latent_inn":
+                z_c, _ = self.inn(z, self.degradation)
+                loss = F.mse_loss(z_c, self.z_y)
+                refine_step(self.optimizer, self._params, loss)
+                rec.refine_loss = loss.detach()
+            else:
+                rec.refine_loss = self._refine_pixel(None, z, None, retain=False)
+        set_trainable(self._params, False)
+
+    # ------------------------------------------------------------------ outputs
+    @torch.no_grad()
+    def finish(self, x: Tensor) -> Tensor:
+        """Colour fix of the final decoded image x (B,3,H,W) in [0,1] against up(y) (settings'
+        colour_fix); returns a new tensor clamped to [0,1] (or x unchanged for "none")."""
+        if self.settings.colour_fix == "none":
+            return x
+        with torch.inference_mode(False):
+            xf = x.detach().clone().float()
+            ref = self.y.to(xf.device)
+            if ref.shape[0] != xf.shape[0]:
+                ref = ref[:1]
+            return colour_fix(xf, ref, self.settings.colour_fix).to(x.dtype)
+
+    @torch.no_grad()
+    def preview(self, z0: Tensor) -> Tensor:
+        """The INN-inverse preview (B,3,H,W) in [0,1]: pixel INN g^-1(y, g_d(D(z0))), latent INN
+        D(g^-1(z_y, g_d(z0))), other modes D(z0)."""
+        self._check_latent(z0, "z0")
+        s = self.settings
+        with torch.inference_mode(False):
+            z = z0.detach().clone().to(self.device, torch.float32)
+            if s.inn_domain == "latent":
+                z = latent_inn_guide(z, self.z_y, self.inn, self.degradation, 1.0)
+                x = ae_decode(self.autoencoder, z).float()
+            elif s.inn_domain == "pixel":
+                x0 = ae_decode(self.autoencoder, z).float()
+                _, x_d = self.inn(x0, self.degradation)
+                x = self.inn.inverse(self.y, x_d, self.degradation)
+            else:
+                x = ae_decode(self.autoencoder, z).float()
+            return x.clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ records (these sync)
+    @property
+    def regularised_steps(self) -> list:
+        return [r.step_index for r in self.records if r.regularised]
+
+    @property
+    def refined_steps(self) -> list:
+        return [r.step_index for r in self.records if r.refined]
+
+    def residual_history(self) -> list:
+        """[(step_index, [residual per item])] for the calls that computed one (reads tensors)."""
+        return [(r.step_index, [float(v) for v in r.residual.cpu()]) for r in self.records
+                if r.residual is not None]
+
+    def refine_loss_history(self) -> list:
+        return [(r.step_index, float(r.refine_loss)) for r in self.records if r.refine_loss is not None]
+
+    def summary(self) -> dict:
+        """Plain-Python summary for UIs and logs (reads tensors back)."""
+        return {
+            "mode": self.settings.mode,
+            "calls": len(self.records),
+            "guided_steps": sorted({r.step_index for r in self.records if r.guided}),
+            "regularised_steps": self.regularised_steps,
+            "refined_steps": self.refined_steps,
+            "residual": self.residual_history(),
+            "refine_loss": self.refine_loss_history(),
+        }

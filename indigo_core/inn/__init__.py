@@ -1,0 +1,6 @@
+"""The wavelet-lifting invertible network (paper Sec. III-B, IV-A)."""
+
+from .config import PRESET_NAMES, INNConfig
+from .network import WaveletINN
+
+__all__ = ["INNConfig", "PRESET_NAMES", "WaveletINN"]

@@ -1,0 +1,73 @@
+"""MRSTB (Modulated Residual Swin Transformer Block, paper Fig. 4) and the INDIGO+ residual block.
+
+Both map features (B,hidden,H,W) to the same shape, with a residual connection and a channel-wise
+scale computed from the degradation embedding gamma (B,emb_dim). gamma None means scale 1.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor, nn
+from timm.models.swin_transformer import SwinTransformerBlock
+
+
+def make_channel_scale(emb_dim: int, hidden: int, mod_hidden: int) -> nn.Module:
+    """FC(emb_dim -> hidden) (paper) or FC(emb_dim -> mod_hidden) -> ReLU -> FC(-> hidden) (INDIGO+)."""
+    if mod_hidden == 0:
+        return nn.Linear(emb_dim, hidden)
+    return nn.Sequential(nn.Linear(emb_dim, mod_hidden), nn.ReLU(), nn.Linear(mod_hidden, hidden))
+
+
+class MRSTB(nn.Module):
+    """K Swin layers (window attention with relative position bias; shifts alternate 0 and
+    window // 2) -> channel scale FC(gamma) -> + input.
+
+    Any H, W: timm's layer pads to whole windows (always_partition=True keeps the configured
+    window and shift whatever the nominal resolution)."""
+
+    def __init__(self, hidden: int, heads: int, window: int, layers: int, mlp_ratio: float,
+                 emb_dim: int, mod_hidden: int = 0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            SwinTransformerBlock(
+                dim=hidden,
+                input_resolution=(window, window),
+                num_heads=heads,
+                window_size=window,
+                shift_size=0 if k % 2 == 0 else window // 2,
+                mlp_ratio=mlp_ratio,
+                always_partition=True,
+                dynamic_mask=True,
+            )
+            for k in range(layers)
+        )
+        self.fc = make_channel_scale(emb_dim, hidden, mod_hidden)
+
+    def forward(self, x: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
+        """x (B,hidden,H,W), gamma (B,emb_dim) or None -> (B,hidden,H,W)."""
+        h = x.permute(0, 2, 3, 1)
+        for layer in self.layers:
+            h = layer(h)
+        h = h.permute(0, 3, 1, 2)
+        if gamma is not None:
+            h = h * self.fc(gamma)[:, :, None, None]
+        return x + h
+
+
+class ScaledResBlock(nn.Module):
+    """INDIGO+ block: x + conv2(ReLU(conv1(x))) * FC(gamma), 3x3 convs with bias."""
+
+    def __init__(self, hidden: int, kernel: int, emb_dim: int, mod_hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2)
+        self.conv2 = nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2)
+        self.act = nn.ReLU()
+        self.fc = make_channel_scale(emb_dim, hidden, mod_hidden)
+
+    def forward(self, x: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
+        """x (B,hidden,H,W), gamma (B,emb_dim) or None -> (B,hidden,H,W)."""
+        out = self.conv2(self.act(self.conv1(x)))
+        if gamma is not None:
+            out = out * self.fc(gamma)[:, :, None, None]
+        return x + out

@@ -1,0 +1,75 @@
+"""SD1.x's discrete noise schedule and a plain Euler sampler over it.
+
+betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)^2 ("scaled linear"; ComfyUI calls it "linear"),
+alpha_bar_t = prod(1 - beta), sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t). Training noises
+z0 as x_t = sqrt(alpha_bar) z0 + sqrt(1 - alpha_bar) n, which is ComfyUI's scaled input
+(z0 + sigma n) / sqrt(1 + sigma^2): so the trained UNet runs under every ComfyUI sampler and
+scheduler unchanged. Timesteps given to the UNet at sampling time are the nearest integer t of a
+sigma, as ComfyUI's ModelSamplingDiscrete does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+LINEAR_START = 0.00085
+LINEAR_END = 0.012
+TIMESTEPS = 1000
+
+
+def sd_betas(timesteps: int = TIMESTEPS, linear_start: float = LINEAR_START, linear_end: float = LINEAR_END) -> Tensor:
+    """(T,) float64 betas of SD's scaled-linear schedule."""
+    return torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+
+
+class DiscreteSchedule:
+    """alpha_bar and sigma tables of a discrete DDPM schedule (float64 on the CPU; moved on use)."""
+
+    def __init__(self, betas: Tensor | None = None):
+        self.betas = sd_betas() if betas is None else betas.double()
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        self.sigmas = ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        self.num_timesteps = int(self.betas.shape[0])
+
+    def to_dict(self) -> dict:
+        return {"beta_schedule": "scaled_linear", "linear_start": LINEAR_START, "linear_end": LINEAR_END,
+                "timesteps": self.num_timesteps, "parameterization": "eps"}
+
+    def add_noise(self, z0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(alpha_bar_t) z0 + sqrt(1 - alpha_bar_t) noise; t (B,) integer."""
+        ab = self.alphas_cumprod.to(z0.device)[t].to(z0.dtype).view(-1, 1, 1, 1)
+        return ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        """Nearest integer timestep of each sigma (in log space), as float."""
+        log_s = self.sigmas.log().to(sigma.device, torch.float32)
+        return (sigma.float().log()[None] - log_s[:, None]).abs().argmin(dim=0).float()
+
+    def karras_sigmas(self, steps: int, rho: float = 7.0) -> Tensor:
+        """(steps+1,) decreasing sigmas from sigma_max to sigma_min, then 0 (Karras et al.)."""
+        lo, hi = float(self.sigmas[0]) ** (1 / rho), float(self.sigmas[-1]) ** (1 / rho)
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        s = (hi + ramp * (lo - hi)) ** rho
+        return torch.cat([s, s.new_zeros(1)]).float()
+
+
+@torch.no_grad()
+def euler_sample(eps_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, schedule: DiscreteSchedule,
+                 steps: int = 30) -> Tensor:
+    """Deterministic Euler sampling in sigma space from unit noise (B,C,h,w) to a clean latent.
+
+    eps_fn(x_scaled, t) returns predicted noise for x_scaled = x / sqrt(1 + sigma^2), t (B,).
+    Returns the model-space latent (multiply by 1/scale_factor for the VAE's space).
+    """
+    sigmas = schedule.karras_sigmas(steps).to(noise.device)
+    x = noise * sigmas[0]
+    for i in range(steps):
+        s = sigmas[i]
+        t = schedule.timestep(s.view(1)).expand(x.shape[0]).to(noise.device)
+        eps = eps_fn(x / (s ** 2 + 1.0).sqrt(), t)
+        denoised = x - s * eps
+        x = denoised + (x - denoised) / s * sigmas[i + 1] if sigmas[i + 1] > 0 else denoised
+    return x

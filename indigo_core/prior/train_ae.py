@@ -1,0 +1,198 @@
+"""Training of the prior's autoencoder (`python -m indigo_core.prior.train autoencoder`).
+
+Loss per batch of random crops x in [0,1], with z sampled from the posterior:
+    |D(z) - x|_1 + w_ssim (1 - SSIM(D(z), x)) + w_kl KL(q(z|x) || N(0,I)) / (3 H W)
+(the KL is summed over latent elements and divided by the image's element count, so `w_kl`
+plays the role of SD's 1e-6 on a summed reconstruction loss). No adversarial or perceptual term:
+the goal is a faithful reconstruction (PSNR) for restoration, not sharper hallucination.
+
+After training the per-channel latent statistics are folded into quant_conv/post_quant_conv
+(`AutoencoderKL.normalise_latents`): then SD1's latent format (x 0.18215) gives unit-variance
+latents, and ComfyUI's SD sampling applies to this autoencoder as to SD's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from ..metrics import psnr, ssim
+from .autoencoder import PRESETS, AutoencoderConfig, AutoencoderKL, count_parameters, latent_rgb_factors
+from .data import CropSampler, center_crop, load_images, save_grid, to_float, write_json
+from .trainutil import (Budget, CsvLog, autocast, check_out_dir, command_line, hardware, load_checkpoint,
+                        log, now_utc, pick_device, save_checkpoint, setup_torch, sha256)
+from .weights import load_autoencoder, save_autoencoder
+
+VAE_FILE = "indigo-prior-vae.safetensors"
+VAE_CARD = "indigo-prior-vae.card.json"
+LOG_FILE = "autoencoder_log.csv"
+CKPT_FILE = "autoencoder_ckpt.pt"
+RECON_FILE = "autoencoder_val_recon.png"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="architecture (default small)")
+    p.add_argument("--crop", type=int, default=256, help="training crop size (default 256)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--ssim-weight", type=float, default=0.2)
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--stats-crops", type=int, default=256,
+                   help="training crops encoded to measure the latent statistics (default 256)")
+
+
+@torch.no_grad()
+def evaluate(ae: AutoencoderKL, crops: torch.Tensor, batch: int = 8) -> dict:
+    """PSNR / SSIM of clamped reconstructions of (N,3,S,S) crops in [0,1], float32."""
+    ae.eval()
+    recs = []
+    for i in range(0, crops.shape[0], batch):
+        recs.append(ae.decode(ae.encode(crops[i:i + batch]), clamp=True).float())
+    rec = torch.cat(recs)
+    p = psnr(rec, crops)
+    s = ssim(rec, crops)
+    return {"psnr": float(p.mean()), "ssim": float(s.mean()), "psnr_per_image": [round(float(v), 3) for v in p],
+            "recon": rec}
+
+
+@torch.no_grad()
+def latent_stats(ae: AutoencoderKL, sampler: CropSampler, n: int, batch: int = 16) -> tuple[list, list]:
+    """Per-channel mean and std of posterior means over `n` random training crops."""
+    ae.eval()
+    zs = []
+    for i in range(0, n, batch):
+        zs.append(ae.encode(sampler(min(batch, n - i))).float())
+    z = torch.cat(zs).transpose(0, 1).reshape(ae.latent_channels, -1).double()
+    return z.mean(1).tolist(), z.std(1).tolist()
+
+
+def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
+    device = pick_device(args.device)
+    setup_torch(device, args.threads)
+    out = Path(args.out)
+    check_out_dir(out, [VAE_FILE, VAE_CARD], args.overwrite)
+    torch.manual_seed(args.seed)
+
+    images = load_images(train_files, args.crop, device)
+    val_images = load_images(val_files, args.val_size, device)
+    val_crops = torch.stack([to_float(center_crop(v, args.val_size)) for v in val_images])
+    sampler = CropSampler(images, args.crop, seed=args.seed)
+    log.info("autoencoder: %d training and %d validation photos on %s", len(images), len(val_images), device)
+
+    cfg: AutoencoderConfig = PRESETS[args.preset]
+    ae = AutoencoderKL(cfg).to(device)
+    if device.type == "cuda":
+        ae = ae.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    step = 0
+    if args.resume:
+        ck = load_checkpoint(Path(args.resume), device)
+        ae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step = int(ck["step"])
+        log.info("resumed from %s at step %d (fresh time budget, learning rate restarts)", args.resume, step)
+    n_params = count_parameters(ae)
+    log.info("autoencoder %s: %s, %.2f M parameters", args.preset, cfg.to_dict(), n_params / 1e6)
+
+    csv_log = CsvLog(out / LOG_FILE, ["step", "elapsed_s", "lr", "loss", "l1", "ssim_loss", "kl", "val_psnr", "val_ssim"])
+    budget = Budget(args.max_minutes, args.max_steps, warmup=args.warmup)
+    first_step = step
+    next_val = args.val_minutes * 60.0
+    next_ckpt = args.ckpt_minutes * 60.0
+    hw = 3 * args.crop * args.crop
+    while not budget.done(step - first_step):
+        ae.train()
+        lr = budget.lr(step - first_step, args.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = sampler(args.batch_size)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, args.amp):
+            mean, logvar = ae.moments(x * 2.0 - 1.0)
+            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+            y = ae.decode_raw(z)
+        rec = (y.float() + 1.0) * 0.5
+        l1 = (rec - x).abs().mean()
+        ssim_loss = (1.0 - ssim(rec, x, differentiable=True).mean()) if args.ssim_weight > 0 else rec.new_zeros(())
+        mean, logvar = mean.float(), logvar.float()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / hw
+        loss = l1 + args.ssim_weight * ssim_loss + args.kl_weight * kl
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"autoencoder loss is {float(loss)} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        row = None
+        if step % args.log_every == 0:
+            row = dict(step=step, elapsed_s=budget.elapsed(), lr=lr, loss=float(loss), l1=float(l1),
+                       ssim_loss=float(ssim_loss), kl=float(kl))
+        if budget.elapsed() >= next_val:
+            next_val += args.val_minutes * 60.0
+            ev = evaluate(ae, val_crops)
+            row = row or dict(step=step, elapsed_s=budget.elapsed(), lr=lr, loss=float(loss), l1=float(l1),
+                              ssim_loss=float(ssim_loss), kl=float(kl))
+            row.update(val_psnr=ev["psnr"], val_ssim=ev["ssim"])
+        if row:
+            csv_log.row(**row)
+            log.info("ae step %d  %.0fs  lr %.2e  l1 %.4f  ssim %.4f%s", step, row["elapsed_s"], lr, row["l1"],
+                     row["ssim_loss"], f"  val PSNR {row['val_psnr']:.2f} dB" if "val_psnr" in row else "")
+        if budget.elapsed() >= next_ckpt:
+            next_ckpt += args.ckpt_minutes * 60.0
+            save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step)
+    train_seconds = budget.elapsed()
+    save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step)
+    ae.to(memory_format=torch.contiguous_format)
+
+    # Fold the latent statistics into the 1x1 convs: SD1's 0.18215 then gives unit variance.
+    mean_c, std_c = latent_stats(ae, sampler, args.stats_crops)
+    before = evaluate(ae, val_crops)
+    ae.normalise_latents(mean_c, std_c)
+    factors, bias = latent_rgb_factors(ae.cpu(), sampler(min(32, args.stats_crops)).cpu())
+    ae.to(device)
+    check_mean, check_std = latent_stats(ae, sampler, min(64, args.stats_crops))
+
+    out_file = out / VAE_FILE
+    save_autoencoder(ae, out_file, dtype=torch.float16, overwrite=True,
+                     latent_format={"latent_rgb_factors": factors, "latent_rgb_factors_bias": bias})
+    exported = load_autoencoder(out_file, map_location=device)
+    final = evaluate(exported, val_crops)
+    save_grid(torch.stack([t for pair in zip(val_crops[:8], final["recon"][:8]) for t in pair]), out / RECON_FILE, nrow=4)
+    card = {
+        "name": "indigo-prior-vae",
+        "file": VAE_FILE, "sha256": sha256(out_file), "file_bytes": out_file.stat().st_size, "dtype": "float16",
+        "format": "indigo-prior-autoencoder v1 (safetensors, ldm/ComfyUI AutoencoderKL key names)",
+        "architecture": {"family": "Stable Diffusion AutoencoderKL (KL-f8, 4 latent channels)", "preset": args.preset,
+                         "config": cfg.to_dict(), "parameters": n_params,
+                         "comfy_vae_config": cfg.to_comfy_config()},
+        "latent_format": {"scale_factor": cfg.scale_factor, "normalised": True,
+                          "raw_mean_before": [round(v, 4) for v in mean_c], "raw_std_before": [round(v, 4) for v in std_c],
+                          "scaled_mean_after": [round(v * cfg.scale_factor, 4) for v in check_mean],
+                          "scaled_std_after": [round(v * cfg.scale_factor, 4) for v in check_std],
+                          "latent_rgb_factors": factors, "latent_rgb_factors_bias": bias},
+        "data": {"train_images": len(images), "val_images": len(val_images), "split": split,
+                 "augmentation": f"random {args.crop}x{args.crop} crops (area-weighted image choice), horizontal flips",
+                 "small_images": f"shorter sides below {args.crop} upscaled (bicubic) to {args.crop}"},
+        "training": {"steps": step, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
+                     "optimizer": "AdamW(0.9, 0.99), grad-norm clip 1, warm-up then cosine over the time budget",
+                     "loss": f"L1 + {args.ssim_weight} (1 - SSIM) + {args.kl_weight} KL/(3HW); z sampled from the posterior",
+                     "amp": "bf16" if (args.amp and device.type == "cuda") else "float32",
+                     "duration_s": round(train_seconds, 1), "max_minutes": args.max_minutes, "seed": args.seed,
+                     "command": command_line(), "hardware": hardware(device), "finished": now_utc()},
+        "quality": {"val_crop": f"center {args.val_size}x{args.val_size} crop of each validation photo "
+                                 f"(shorter sides below {args.val_size} upscaled first)",
+                    "val_psnr_db": round(final["psnr"], 3), "val_ssim": round(final["ssim"], 4),
+                    "val_psnr_before_normalisation_fp32": round(before["psnr"], 3),
+                    "val_psnr_per_image": final["psnr_per_image"],
+                    "target": "val PSNR >= 25 dB", "meets_target": final["psnr"] >= 25.0},
+    }
+    write_json(out / VAE_CARD, card)
+    csv_log.close()
+    log.info("autoencoder: %d steps in %.0f s; validation PSNR %.2f dB, SSIM %.4f -> %s", step, train_seconds,
+             final["psnr"], final["ssim"], out_file)
+    return card

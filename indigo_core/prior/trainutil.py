@@ -1,0 +1,175 @@
+"""What both prior trainings share: a time budget that also drives the learning rate, CSV logs,
+EMA weights, checkpoints, hardware facts and model cards."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import nn
+
+from ..errors import TrainingError
+
+log = logging.getLogger("indigo_core.prior.train")
+
+
+class Budget:
+    """Stops a run at `max_minutes` of wall time or `max_steps` steps, whichever comes first.
+
+    The learning rate follows the same clock: linear warm-up over `warmup` steps, then a cosine from
+    the peak down to `floor` x peak as the used share of the budget goes from 0 to 1. So a run cut
+    short by its time limit still ends with a decayed learning rate, on any hardware.
+    """
+
+    def __init__(self, max_minutes: Optional[float], max_steps: Optional[int], warmup: int = 200):
+        if not max_minutes and not max_steps:
+            raise TrainingError("give --max-minutes or --max-steps (a run must be bounded)")
+        self.seconds = float(max_minutes) * 60.0 if max_minutes else math.inf
+        self.max_steps = int(max_steps) if max_steps else None
+        self.warmup = max(1, int(warmup))
+        self.start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def fraction(self, step: int) -> float:
+        f = self.elapsed() / self.seconds
+        if self.max_steps:
+            f = max(f, step / self.max_steps)
+        return min(1.0, f)
+
+    def done(self, step: int) -> bool:
+        return self.fraction(step) >= 1.0
+
+    def lr(self, step: int, peak: float, floor: float = 0.05) -> float:
+        warm = min(1.0, (step + 1) / self.warmup)
+        cos = 0.5 * (1.0 + math.cos(math.pi * self.fraction(step)))
+        return peak * warm * (floor + (1.0 - floor) * cos)
+
+
+class CsvLog:
+    """Append rows to a CSV file (header written once); values are rounded for readability."""
+
+    def __init__(self, path: Path, fields: Iterable[str]):
+        self.path = Path(path)
+        self.fields = list(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        self._fh = self.path.open("a", newline="")
+        self._w = csv.DictWriter(self._fh, fieldnames=self.fields, extrasaction="ignore")
+        if new:
+            self._w.writeheader()
+
+    def row(self, **values: Any) -> None:
+        self._w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in values.items()})
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state (decay warmed up as 1+n / 10+n)."""
+
+    def __init__(self, module: nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.n = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.n += 1
+        d = min(self.decay, (1.0 + self.n) / (10.0 + self.n))
+        names = list(self.shadow)
+        state = module.state_dict()
+        shadow = [self.shadow[k] for k in names]
+        current = [state[k].float() for k in names]
+        torch._foreach_mul_(shadow, d)
+        torch._foreach_add_(shadow, current, alpha=1.0 - d)
+
+    def copy_to(self, module: nn.Module) -> None:
+        state = module.state_dict()
+        for k, v in self.shadow.items():
+            state[k].copy_(v.to(state[k].dtype))
+
+
+def pick_device(name: Optional[str]) -> torch.device:
+    if name:
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise TrainingError(f"--device {name}: CUDA is not available here")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup_torch(device: torch.device, threads: Optional[int] = None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op context otherwise."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def hardware(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
+            "host_cpus": os.cpu_count()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def command_line() -> str:
+    return "python -m indigo_core.prior.train " + " ".join(sys.argv[1:])
+
+
+def now_utc() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    """torch.save of plain state (tensors, numbers, strings) via a temp file; read back with
+    `torch.load(weights_only=True)`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    if not Path(path).is_file():
+        raise TrainingError(f"--resume {path}: no such checkpoint")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def check_out_dir(out: Path, names: Iterable[str], overwrite: bool) -> None:
+    """Refuse to overwrite earlier results unless asked."""
+    clash = [n for n in names if (out / n).exists()]
+    if clash and not overwrite:
+        raise TrainingError(f"{out}: would overwrite {clash}; pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,171 @@
+"""`python -m indigo_core.train {pixel-inn,latent-inn,estimator} ...`: argument parsing, presets,
+and the hand-off to the shared loop. See docs/TRAINING.md for the commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..errors import IndigoError
+from .loop import AMP_MODES, SCHEDULES, LoopOptions, init_distributed, shutdown_distributed, train
+
+log = logging.getLogger("indigo_core.train")
+
+# Loop settings a preset may set, with their values when neither the command nor a preset does.
+COMMON_DEFAULTS: dict[str, Any] = dict(crop=128, batch_size=8, lr=2e-4, steps=20000, val_every=1000)
+KINDS = ("pixel-inn", "latent-inn", "estimator")
+
+
+def _task_module(kind: str):
+    from . import estimator, latent_inn, pixel_inn
+
+    return {"pixel-inn": pixel_inn, "latent-inn": latent_inn, "estimator": estimator}[kind]
+
+
+def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
+    from ..degradations import TRAINING_RANGES as R
+
+    mod = _task_module(kind)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="folder of training images (recursive; png, jpg, webp)")
+    g.add_argument("--val-data", default=None, help="folder of validation images (default: hold out "
+                   "--val-fraction of --data, chosen by a hash of the file names)")
+    g.add_argument("--val-fraction", type=float, default=0.05, help="share of --data held out (default 0.05)")
+    g.add_argument("--val-count", type=int, default=None, help="hold out exactly this many images instead")
+    g.add_argument("--crop", type=int, default=None, help="training crop side in pixels (preset)")
+    g.add_argument("--flips", choices=("none", "h", "hv"), default="h",
+                   help="random flips: none, horizontal (default), horizontal and vertical")
+    g.add_argument("--small-images", choices=("skip", "resize", "error"), default="skip",
+                   help="images smaller than the crop: skip them (default), upscale them, or stop")
+    g.add_argument("--cache-images", action="store_true", help="keep decoded images in memory")
+
+    g = p.add_argument_group("degradations (y = JPEG_q((x * k) downsampled by s + n))")
+    g.add_argument("--scale", type=int, default=None, help="s; must match the INN (default: the INN's)"
+                   if kind != "estimator" else "s (default 4)")
+    g.add_argument("--blur-sigma", type=float, nargs=2, default=list(R.blur_sigma), metavar=("LO", "HI"),
+                   help=f"blur sigma range, pixels of x (default {R.blur_sigma[0]} {R.blur_sigma[1]})")
+    g.add_argument("--noise", type=float, nargs=2, default=list(R.noise_level), metavar=("LO", "HI"),
+                   help=f"noise level range on 0..255 (default {R.noise_level[0]} {R.noise_level[1]})")
+    g.add_argument("--jpeg", type=int, nargs=2, default=list(R.jpeg_quality), metavar=("LO", "HI"),
+                   help=f"JPEG quality range (default {R.jpeg_quality[0]} {R.jpeg_quality[1]})")
+    g.add_argument("--jpeg-prob", type=float, default=R.jpeg_prob, help="probability of the JPEG stage")
+    g.add_argument("--anisotropic-prob", type=float, default=R.anisotropic_prob,
+                   help="probability of an anisotropic blur kernel")
+    g.add_argument("--resize-modes", nargs="+", choices=("bicubic", "area"), default=list(R.resize_modes),
+                   help="downsampling kernels drawn from (default bicubic)")
+    g.add_argument("--val-degradation", choices=("mild", "medium", "severe", "train"), default="medium",
+                   help="validation degradation: a paper level (default medium) or fixed draws from the "
+                        "training ranges")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="output folder: weights, model card, logs, checkpoints")
+    g.add_argument("--name", default=None, help=f"file name stem of the exported model (default {mod.DEFAULT_NAME})")
+    g.add_argument("--preset", choices=sorted(mod.PRESETS), default=None,
+                   help=f"size preset (default {mod.DEFAULT_PRESET}); explicit options override it")
+    g.add_argument("--steps", type=int, default=None, help="optimiser updates (preset)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="crops per process and step (preset); global batch = this x processes")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (preset)")
+    g.add_argument("--beta1", type=float, default=0.9)
+    g.add_argument("--beta2", type=float, default=0.999)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--lr-schedule", choices=SCHEDULES, default="cosine",
+                   help="constant, or cosine decay to --min-lr-ratio x lr at the last step (default)")
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--min-lr-ratio", type=float, default=0.1)
+    g.add_argument("--grad-clip", type=float, default=0.0, help="clip the global gradient norm (0: off)")
+    g.add_argument("--amp", choices=AMP_MODES, default="auto",
+                   help="mixed precision on CUDA: auto (bf16 if supported, else fp16), bf16, fp16, off; "
+                        "the CPU always trains in float32")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--workers", type=int, default=-1, help="DataLoader workers per process (-1: auto, "
+                   "0 on CPU)")
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--val-every", type=int, default=None, help="validate every N steps (0: only at the end)")
+    g.add_argument("--log-every", type=int, default=10, help="CSV/progress row every N steps")
+    g.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps (0: only at the end)")
+    g.add_argument("--keep-checkpoints", type=int, default=0,
+                   help="also keep the last K numbered checkpoints (besides checkpoints/last.pt)")
+    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue from OUT/checkpoints/last.pt (or the given checkpoint)")
+    g.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
+    g.add_argument("--stop-at", type=int, default=0,
+                   help="stop after this step with a checkpoint, as a time-limited job would (0: off)")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    g.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m indigo_core.train",
+        description="Train LatentINDIGO's PixelINN, LatentINN or degradation estimator on a folder of "
+                    "images. The same command runs data-parallel under torchrun --nproc_per_node N.",
+    )
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="{pixel-inn,latent-inn,estimator}")
+    helps = {"pixel-inn": "PixelINN (paper Eq. 11-13)", "latent-inn": "LatentINN for a VAE (Eq. 19-21)",
+             "estimator": "KDSR-style teacher, then the distilled student estimator F"}
+    for kind in KINDS:
+        p = sub.add_parser(kind, help=helps[kind], description=helps[kind],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        _task_module(kind).add_arguments(p)
+        _add_common(p, kind)
+    return parser
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill options left unset: the preset's value, else the trainer's default, else the common one."""
+    mod = _task_module(args.kind)
+    args.preset = args.preset or mod.DEFAULT_PRESET
+    preset = mod.PRESETS[args.preset]
+    for source in (preset, mod.DEFAULTS, COMMON_DEFAULTS):
+        for key, value in source.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
+    if args.name is None:
+        args.name = mod.DEFAULT_NAME
+    return args
+
+
+def run(argv: Optional[Sequence[str]] = None) -> dict:
+    """Parse `argv` and train; returns the loop's summary. Raises IndigoError on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = resolve_defaults(build_parser().parse_args(argv))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    info = init_distributed(args.device)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level if info.main else logging.WARNING,
+                        format=f"%(asctime)s [rank {info.rank}] %(levelname)s %(message)s")
+    try:
+        opts = LoopOptions(
+            out=Path(args.out), name=args.name, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            betas=(args.beta1, args.beta2), weight_decay=args.weight_decay, schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip,
+            amp=args.amp, seed=args.seed, workers=args.workers, val_every=args.val_every,
+            log_every=args.log_every, ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints,
+            resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at, progress=not args.no_progress,
+        )
+        opts.validate()
+        # The task builds its networks: seed first so that every rank and every rerun starts equal.
+        torch.manual_seed(args.seed)
+        return _task_module(args.kind).run(args, opts, info, argv)
+    finally:
+        shutdown_distributed(info)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: exit status 0 on success, 2 on a bad input or set-up (message logged),
+    128 + signal number when stopped by SIGINT/SIGTERM after saving a checkpoint."""
+    try:
+        summary = run(argv)
+    except IndigoError as exc:
+        logging.basicConfig(level=logging.INFO)
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 2
+    return 128 + summary["signal"] if summary.get("signal") else 0

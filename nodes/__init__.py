@@ -1,0 +1,51 @@
+"""The pack's node list.
+
+Adding a node: write ``nodes/<module>.py`` with a V3 ``io.ComfyNode`` class (conventions in
+``nodes/common.py``), then add one line ``("<module>", "<ClassName>"),`` to ``NODE_SPECS``.
+Node ids and input names are part of saved workflows: never rename one, deprecate instead.
+
+Each module is imported on its own: one that fails (e.g. a missing optional dependency) is logged
+with its traceback and its nodes are left out, and the rest of the pack still loads, as ComfyUI
+does for whole packs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from .host import ComfyExtension, io
+
+log = logging.getLogger("comfyui_indigo")
+
+#: (module in nodes/, node class), in the order the nodes appear in the "Add Node" menu.
+NODE_SPECS: tuple[tuple[str, str], ...] = (
+    ("load_inn", "LoadINN"),
+    ("inn_info", "INNInfo"),
+)
+
+
+def node_list() -> list[type[io.ComfyNode]]:
+    """The node classes of ``NODE_SPECS`` whose modules import."""
+    nodes: list[type[io.ComfyNode]] = []
+    failed: dict[str, str] = {}
+    for module_name, class_name in NODE_SPECS:
+        if module_name in failed:
+            continue
+        try:
+            module = importlib.import_module(f".{module_name}", __name__)
+        except Exception as exc:  # isolate one broken module, as ComfyUI isolates packs
+            failed[module_name] = f"{type(exc).__name__}: {exc}"
+            log.exception("comfyui-indigo: nodes/%s.py failed to import; its nodes are unavailable", module_name)
+            continue
+        nodes.append(getattr(module, class_name))
+    if failed:
+        log.error("comfyui-indigo: %d node module(s) failed to import: %s", len(failed), failed)
+    return nodes
+
+
+class IndigoExtension(ComfyExtension):
+    """The pack as ComfyUI's V3 loader sees it."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return node_list()

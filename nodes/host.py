@@ -1,0 +1,157 @@
+"""The pack's only door to ComfyUI.
+
+Every import of ``comfy*``, ``comfy_api``, ``folder_paths`` and ``server`` lives in this module, so
+that a change in ComfyUI's API (``comfy_api.latest`` says it is not yet stable) touches one file.
+Node modules import what they need from here::
+
+    from .host import io, ProgressBar, throw_if_interrupted
+
+To expose another part of ComfyUI to the nodes, import it here and add it to ``__all__``.
+
+Importing this module registers the ``indigo`` model folder (``models/indigo/`` plus any
+``indigo:`` entries of ``extra_model_paths.yaml``) with ComfyUI's ``folder_paths``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import comfy.model_management as model_management
+import comfy.patcher_extension
+import comfy.samplers
+import comfy.utils
+import folder_paths
+from comfy_api.latest import ComfyExtension, io, ui
+
+__all__ = [
+    "ComfyExtension",
+    "io",
+    "ui",
+    "folder_paths",
+    "model_management",
+    "ProgressBar",
+    "MODEL_FOLDER",
+    "MODEL_EXTENSIONS",
+    "register_model_folder",
+    "model_folders",
+    "list_models",
+    "find_model",
+    "throw_if_interrupted",
+    "get_torch_device",
+    "intermediate_device",
+    "soft_empty_cache",
+    "send_event",
+    "WrappersMP",
+    "SAMPLER_NAMES",
+    "SCHEDULER_NAMES",
+    "ksample",
+    "frontend_connected",
+]
+
+log = logging.getLogger("comfyui_indigo")
+
+#: Name of the pack's model folder in ``folder_paths`` and in ``extra_model_paths.yaml``.
+MODEL_FOLDER = "indigo"
+#: File types listed in that folder: the pack's own format and the INDIGO+ / KDSR ``.pth`` files.
+MODEL_EXTENSIONS = frozenset({".safetensors", ".pth"})
+
+#: ComfyUI's progress bar: ``pbar = ProgressBar(total); pbar.update(1)``.
+ProgressBar = comfy.utils.ProgressBar
+
+
+def register_model_folder() -> str:
+    """Register ``<models>/indigo`` under the folder name ``indigo``; returns that default path.
+
+    ComfyUI reads ``extra_model_paths.yaml`` before it loads custom nodes, and an ``indigo:`` entry
+    there creates the folder name with no extension filter (every file would be listed). So the
+    default path is added to whatever is there already and the extension filter is set to ours.
+    Idempotent.
+    """
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    folder_paths.add_model_folder_path(MODEL_FOLDER, default)
+    paths, extensions = folder_paths.folder_names_and_paths[MODEL_FOLDER]
+    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(extensions) | set(MODEL_EXTENSIONS))
+    # A listing made before the filter changed would be stale.
+    folder_paths.filename_list_cache.pop(MODEL_FOLDER, None)
+    try:
+        os.makedirs(default, exist_ok=True)  # shows users where the files go
+    except OSError as exc:  # a read-only install still works with extra_model_paths.yaml
+        log.warning("comfyui-indigo: could not create %s (%s); use extra_model_paths.yaml 'indigo:'", default, exc)
+    return default
+
+
+def model_folders() -> list[str]:
+    """Every folder searched for INDIGO model files, in search order."""
+    return folder_paths.get_folder_paths(MODEL_FOLDER)
+
+
+def list_models() -> list[str]:
+    """Names (relative paths) of the ``.safetensors`` / ``.pth`` files in the indigo folders, sorted."""
+    return folder_paths.get_filename_list(MODEL_FOLDER)
+
+
+def find_model(name: str) -> str | None:
+    """Full path of model file ``name`` (as listed by :func:`list_models`), or None if absent."""
+    return folder_paths.get_full_path(MODEL_FOLDER, name)
+
+
+def throw_if_interrupted() -> None:
+    """Raise ComfyUI's interruption exception if the user pressed Cancel; call between steps."""
+    model_management.throw_exception_if_processing_interrupted()
+
+
+def get_torch_device():
+    """The device ComfyUI computes on (``cpu`` under ``--cpu``)."""
+    return model_management.get_torch_device()
+
+
+def intermediate_device():
+    """The device ComfyUI keeps IMAGE / LATENT outputs on between nodes."""
+    return model_management.intermediate_device()
+
+
+def soft_empty_cache() -> None:
+    """Release cached accelerator memory, as ComfyUI does between models."""
+    model_management.soft_empty_cache()
+
+
+def send_event(event: str, data: dict) -> None:
+    """Send a message to every connected frontend (e.g. per-step plot values).
+
+    Does nothing when ComfyUI runs without its web server (in-process use, scripts).
+    """
+    import server  # the web server module; imported late so scripts without it still work
+
+    instance = getattr(server.PromptServer, "instance", None)
+    if instance is not None:
+        instance.send_sync(event, data)
+
+
+# ---------------------------------------------------------------- sampling (guidance nodes)
+
+#: Names of ComfyUI's stackable wrapper slots (``model.add_wrapper_with_key(WrappersMP.X, key, fn)``).
+WrappersMP = comfy.patcher_extension.WrappersMP
+#: The sampler and scheduler names ComfyUI's KSampler offers (for the pack's own sampler nodes).
+SAMPLER_NAMES = tuple(comfy.samplers.KSampler.SAMPLERS)
+SCHEDULER_NAMES = tuple(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def ksample(model, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, positive, negative,
+            latent: dict, denoise: float = 1.0) -> dict:
+    """Sample exactly as ComfyUI's KSampler node does (noise from ``seed``, batch_index and
+    noise_mask honoured, progress bar and live previews); returns the new LATENT dict."""
+    import nodes as comfy_nodes  # ComfyUI's nodes.py (already imported by the host)
+
+    return comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                       latent, denoise=denoise)[0]
+
+
+def frontend_connected() -> bool:
+    """Whether a web server runs that :func:`send_event` messages can reach."""
+    import server
+
+    return getattr(server.PromptServer, "instance", None) is not None
+
+
+register_model_folder()

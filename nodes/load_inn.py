@@ -1,0 +1,154 @@
+"""Load INN: an INN weights file from ``models/indigo/`` -> INDIGO_INN."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from ..indigo_core.errors import IndigoError, WeightsFileError
+from .common import CATEGORY, INN, inn_summary
+from .host import MODEL_FOLDER, find_model, io, list_models, model_folders
+
+#: How many loaded INNs stay in memory (a few MB each for the paper's sizes).
+CACHE_SIZE = 4
+
+_cache: "OrderedDict[tuple[str, int, int], Any]" = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    """(real path, mtime in ns, size): a replaced or rewritten file gets a new key."""
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return real, st.st_mtime_ns, st.st_size
+
+
+def _read_inn(path: str):
+    """Build the INN stored in ``path``: the pack's safetensors format, or an INDIGO+ ``INN.pth``
+    read through the core's restricted unpickler. Any failure is a WeightsFileError."""
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".safetensors":
+            from ..indigo_core import load_inn
+
+            return load_inn(path, map_location="cpu")
+        if ext == ".pth":
+            try:
+                from ..indigo_core.inn.indigo_plus import load_indigo_plus_pth
+            except ModuleNotFoundError as exc:
+                if not (exc.name or "").endswith("indigo_plus"):
+                    raise
+                raise WeightsFileError(path, "INDIGO+ .pth files are not supported by this version of the pack") from exc
+            return load_indigo_plus_pth(path)
+    except IndigoError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+        # Surface anything the core did not classify as the pack's file error, cause chained.
+        raise WeightsFileError(path, f"cannot be loaded as an INN ({type(exc).__name__}: {exc})") from exc
+    raise WeightsFileError(path, f"expected a .safetensors or .pth file, got {ext or 'no extension'!r}")
+
+
+def load_cached_inn(path: str):
+    """The INN in ``path``, loaded once per (path, mtime, size) and kept in a small LRU cache.
+
+    Loaded outside inference mode so later nodes can copy it into autograd; returned in eval mode
+    with ``requires_grad`` off. The cached object is shared: callers must not change it.
+    """
+    try:
+        key = _file_key(path)
+    except OSError as exc:
+        raise WeightsFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+    with torch.inference_mode(False):
+        inn = _read_inn(path)
+        inn.eval()
+        inn.requires_grad_(False)
+    with _cache_lock:
+        _cache[key] = inn
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return inn
+
+
+def clear_cache() -> None:
+    """Forget every cached INN (tests, or to free memory)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def resolve(inn_name: str) -> str:
+    """Full path of a listed file name, or a WeightsFileError naming the folders searched."""
+    path = find_model(inn_name)
+    if path is None:
+        raise WeightsFileError(
+            inn_name, f"not found in the '{MODEL_FOLDER}' model folders {model_folders()}"
+        )
+    return path
+
+
+class LoadINN(io.ComfyNode):
+    """Loads an INN file and shows its domain and scale on the node."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="INDIGO_LoadINN",
+            display_name="Load INN",
+            category=CATEGORY,
+            description=(
+                "Loads a wavelet-lifting INN (PixelINN or LatentINN) from models/indigo/. "
+                "Reads the pack's .safetensors files (config stored in the file) and the "
+                "authors' INDIGO+ INN.pth files."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "inn_name",
+                    options=list_models(),
+                    tooltip=(
+                        "INN weights file in models/indigo/ (or an 'indigo:' folder of "
+                        "extra_model_paths.yaml): .safetensors saved by the pack, or an INDIGO+ "
+                        ".pth. Press R after adding files to refresh the list."
+                    ),
+                ),
+            ],
+            outputs=[
+                INN.Output(
+                    "inn",
+                    display_name="inn",
+                    tooltip=(
+                        "The loaded INN (read-only, shared). Its domain (pixel or latent) and scale "
+                        "decide which measurement size the guidance nodes expect."
+                    ),
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, inn_name: str) -> bool | str:
+        # ComfyUI 0.3.75 does not check V3 combo values against the list: refuse at queue time.
+        if find_model(inn_name) is None:
+            return f"INN file {inn_name!r} not found in the '{MODEL_FOLDER}' model folders {model_folders()}"
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, inn_name: str) -> Any:
+        # A file replaced under the same name must be loaded again.
+        path = find_model(inn_name)
+        if path is None:
+            return inn_name
+        try:
+            return _file_key(path)
+        except OSError:
+            return inn_name
+
+    @classmethod
+    def execute(cls, inn_name: str) -> io.NodeOutput:
+        inn = load_cached_inn(resolve(inn_name))
+        return io.NodeOutput(inn, ui={"indigo_inn": [inn_summary(inn, inn_name)]})
