@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     host_dir = REPO_ROOT / "tests" / "host"
     cuda = None
     for item in items:
-        if host_dir in Path(str(item.fspath)).parents:
+        if host_dir in item.path.parents:
             item.add_marker(pytest.mark.host)
         if item.get_closest_marker("gpu") is not None:
             if cuda is None:

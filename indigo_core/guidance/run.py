@@ -32,7 +32,8 @@ from ..errors import ConfigError, DomainError, InputValueError, ShapeError
 from .autoencoder import Autoencoder, ae_decode, ae_encode
 from .baselines import hgs_objective, ldps_objective, pgdiff_objective, sobel_magnitude
 from .colour import colour_fix
-from .latent_inn import latent_inn_guide, measurement_latent, upsample_measurement
+from .latent_inn import latent_inn_guide, upsample_measurement
+from .latent_inn import measurement_latent as encode_measurement
 from .pixel_inn import Objective, pixel_inn_objective
 from .refine import inn_config, maybe_optimizer, private_inn_copy, private_module_copy, refine_step, set_trainable
 from .regulariser import reencode
@@ -109,6 +110,8 @@ class GuidanceRun:
         perceptual: callable (B,3,H,W),(B,3,H,W) [0,1] -> (B,) (LPIPS); loaded with
             indigo_core.metrics.lpips.load_lpips when None and mode pixel_inn with w_p > 0.
         restoration: r for mode pgdiff, (B|1,3,H_r,W_r) in [0,1] (resized to the image size).
+        measurement_latent: optional precomputed z_y = E(up(y)) for latent_inn, (B|1,C,h_c,w_c)
+            (e.g. from `tiled_encode` for large images); computed here when None.
         device: where the run's tensors live (default: the measurement's device).
     Raises ShapeError / DomainError / InputValueError / ConfigError (expected vs got) before any
     heavy work.
@@ -117,12 +120,15 @@ class GuidanceRun:
     def __init__(self, settings: GuidanceSettings, *, measurement: Optional[Tensor],
                  latent_shape: Sequence[int], autoencoder: Autoencoder, inn=None,
                  degradation: Optional[Tensor] = None, perceptual=None,
-                 restoration: Optional[Tensor] = None, device=None) -> None:
+                 restoration: Optional[Tensor] = None, measurement_latent: Optional[Tensor] = None,
+                 device=None) -> None:
         if not isinstance(settings, GuidanceSettings):
             raise ConfigError(f"settings: expected GuidanceSettings, got {type(settings).__name__}")
         self.settings = s = settings
+        z_y = measurement_latent
         self.autoencoder = autoencoder
-        self._validate(measurement, latent_shape, autoencoder, inn, degradation, restoration)
+        self._validate(measurement, latent_shape, autoencoder, inn, degradation, restoration,
+                       measurement_latent)
         if device is None:
             device = measurement.device if measurement is not None else torch.device("cpu")
         self.device = torch.device(device)
@@ -144,7 +150,10 @@ class GuidanceRun:
             self.z_y = None
             if s.mode == "latent_inn":
                 hc, wc = inn_config(self.inn).coarse_shape(h, w)
-                self.z_y = measurement_latent(self.y, autoencoder, (hc * d, wc * d)).float()
+                if z_y is not None:
+                    self.z_y = z_y.detach().clone().to(self.device, torch.float32).expand(B, -1, -1, -1).contiguous()
+                else:
+                    self.z_y = encode_measurement(self.y, autoencoder, (hc * d, wc * d)).float()
             self.edges = None
             if s.mode == "hgs":
                 self.edges = sobel_magnitude(upsample_measurement(self.y, (h * d, w * d)))
@@ -155,11 +164,11 @@ class GuidanceRun:
                 ).expand(B, -1, -1, -1).contiguous()
             self.max_step = None
             if s.mode in GRADIENT_MODES and s.max_step is not None:
-                z_ref = measurement_latent(self.y, autoencoder, (h * d, w * d)).float()
+                z_ref = encode_measurement(self.y, autoencoder, (h * d, w * d)).float()
                 self.max_step = s.max_step * rms_per_item(z_ref).clamp_min(1e-6)
 
     # ------------------------------------------------------------------ validation
-    def _validate(self, y, latent_shape, ae, inn, degradation, restoration) -> None:
+    def _validate(self, y, latent_shape, ae, inn, degradation, restoration, z_y=None) -> None:
         s = self.settings
         if len(tuple(latent_shape)) != 4:
             raise ShapeError(f"latent_shape: expected (B,C,h,w), got {tuple(latent_shape)}")
@@ -206,6 +215,12 @@ class GuidanceRun:
                     raise ShapeError(f"latent {h}x{w}: expected multiples of the INN scale {cfg.scale}")
                 hc, wc = cfg.coarse_shape(h, w)
                 _check_aspect("measurement", y.shape[-2:], (hc * self.downscale, wc * self.downscale), "the image")
+                if z_y is not None:
+                    _is_tensor(z_y, "measurement_latent")
+                    if z_y.dim() != 4 or tuple(z_y.shape[1:]) != (C, hc, wc) or z_y.shape[0] not in (1, B):
+                        raise ShapeError(f"measurement_latent: expected ({B} or 1, {C}, {hc}, {wc}), "
+                                         f"got {tuple(z_y.shape)}")
+                    _check_finite(z_y, "measurement_latent")
             if degradation is not None:
                 _is_tensor(degradation, "degradation")
                 if degradation.dim() != 2 or degradation.shape[1] != cfg.emb_dim or degradation.shape[0] not in (1, B):

@@ -283,6 +283,8 @@ def read_legacy_torch_tensors(src: SourceFile) -> dict[str, np.ndarray]:
             raise WeightsFileError(src.origin, "big-endian or malformed header")
         obj = _LegacyUnpickler(fh, src.origin).load()
         keys = _LegacyUnpickler(fh, src.origin).load()
+    except WeightsFileError:  # UnsafePickleError included: keep its own message
+        raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise WeightsFileError(src.origin, f"corrupt legacy torch file ({type(exc).__name__}: {exc})") from exc
     if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):

@@ -14,7 +14,7 @@ latents, and ComfyUI's SD sampling applies to this autoencoder as to SD's own.
 from __future__ import annotations
 
 import argparse
-import logging
+import math
 from pathlib import Path
 
 import torch
@@ -103,6 +103,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     next_val = args.val_minutes * 60.0
     next_ckpt = args.ckpt_minutes * 60.0
     hw = 3 * args.crop * args.crop
+    acc, n_acc = None, 0
     while not budget.done(step - first_step):
         ae.train()
         lr = budget.lr(step - first_step, args.lr)
@@ -121,27 +122,29 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         mean, logvar = mean.float(), logvar.float()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / hw
         loss = l1 + args.ssim_weight * ssim_loss + args.kl_weight * kl
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"autoencoder loss is {float(loss)} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
         opt.step()
         step += 1
-        row = None
-        if step % args.log_every == 0:
-            row = dict(step=step, elapsed_s=budget.elapsed(), lr=lr, loss=float(loss), l1=float(l1),
-                       ssim_loss=float(ssim_loss), kl=float(kl))
-        if budget.elapsed() >= next_val:
-            next_val += args.val_minutes * 60.0
-            ev = evaluate(ae, val_crops)
-            row = row or dict(step=step, elapsed_s=budget.elapsed(), lr=lr, loss=float(loss), l1=float(l1),
-                              ssim_loss=float(ssim_loss), kl=float(kl))
-            row.update(val_psnr=ev["psnr"], val_ssim=ev["ssim"])
-        if row:
+        # Summed on the device and read back only when logging: no host sync on every step.
+        terms = torch.stack([loss.detach(), l1.detach(), ssim_loss.detach(), kl.detach()])
+        acc = terms if acc is None else acc + terms
+        n_acc += 1
+        val_due = budget.elapsed() >= next_val
+        if step % args.log_every == 0 or val_due:
+            loss_v, l1_v, ssim_v, kl_v = (acc / n_acc).tolist()
+            acc, n_acc = None, 0
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(f"autoencoder loss is {loss_v} around step {step}")
+            row = dict(step=step, elapsed_s=budget.elapsed(), lr=lr, loss=loss_v, l1=l1_v, ssim_loss=ssim_v, kl=kl_v)
+            if val_due:
+                next_val += args.val_minutes * 60.0
+                ev = evaluate(ae, val_crops)
+                row.update(val_psnr=ev["psnr"], val_ssim=ev["ssim"])
             csv_log.row(**row)
-            log.info("ae step %d  %.0fs  lr %.2e  l1 %.4f  ssim %.4f%s", step, row["elapsed_s"], lr, row["l1"],
-                     row["ssim_loss"], f"  val PSNR {row['val_psnr']:.2f} dB" if "val_psnr" in row else "")
+            log.info("ae step %d  %.0fs  lr %.2e  l1 %.4f  1-ssim %.4f%s", step, row["elapsed_s"], lr, l1_v, ssim_v,
+                     f"  val PSNR {row['val_psnr']:.2f} dB" if "val_psnr" in row else "")
         if budget.elapsed() >= next_ckpt:
             next_ckpt += args.ckpt_minutes * 60.0
             save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step)

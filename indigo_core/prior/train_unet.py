@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     budget = Budget(args.max_minutes, args.max_steps, warmup=args.warmup)
     first = step
     next_val, next_ckpt = args.val_minutes * 60.0, args.ckpt_minutes * 60.0
-    running = None
+    acc, n_acc = None, 0
     while not budget.done(step - first):
         unet.train()
         lr = budget.lr(step - first, args.lr)
@@ -149,8 +150,6 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         with autocast(device, args.amp):
             pred = unet(schedule.add_noise(z0, t, noise), t.float(), ctx(z0.shape[0]))
         loss = F.mse_loss(pred.float(), noise)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"unet loss is {float(loss)} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -158,19 +157,22 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         ema_unet.update(unet)
         ema_ctx.update(ctx)
         step += 1
-        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
-        row = None
-        if step % args.log_every == 0:
-            row = dict(step=step, elapsed_s=budget.elapsed(), lr=lr, loss=running)
-        if budget.elapsed() >= next_val:
-            next_val += args.val_minutes * 60.0
-            m, c = ema_weights()
-            row = row or dict(step=step, elapsed_s=budget.elapsed(), lr=lr, loss=running)
-            row["val_eps_mse"] = eps_mse(m, c, val_lat, schedule)
-        if row:
+        acc = loss.detach() if acc is None else acc + loss.detach()  # read back only when logging
+        n_acc += 1
+        val_due = budget.elapsed() >= next_val
+        if step % args.log_every == 0 or val_due:
+            loss_v = float(acc) / n_acc
+            acc, n_acc = None, 0
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(f"unet loss is {loss_v} around step {step}")
+            row = dict(step=step, elapsed_s=budget.elapsed(), lr=lr, loss=loss_v)
+            if val_due:
+                next_val += args.val_minutes * 60.0
+                m, c = ema_weights()
+                row["val_eps_mse"] = eps_mse(m, c, val_lat, schedule)
             csv_log.row(**row)
-            log.info("unet step %d  %.0fs  lr %.2e  loss %.4f%s", step, row["elapsed_s"], lr, row["loss"],
-                     f"  val eps-MSE {row['val_eps_mse']:.4f}" if "val_eps_mse" in row else "")
+            log.info("unet step %d  %.0fs  lr %.2e  loss %.4f%s", step, row["elapsed_s"], lr, loss_v,
+                     f"  val eps-MSE (EMA) {row['val_eps_mse']:.4f}" if "val_eps_mse" in row else "")
         if budget.elapsed() >= next_ckpt:
             next_ckpt += args.ckpt_minutes * 60.0
             save_checkpoint(out / CKPT_FILE, model=unet.state_dict(), context=ctx.state_dict(),

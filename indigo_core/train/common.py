@@ -147,3 +147,27 @@ def add_inn_arguments(p, domain: str) -> None:
                         "conditions the INN. Without it the INN is trained unconditioned (gamma = None)")
     g.add_argument("--loss", choices=("l1", "l2"), default=None, help="norm of L_fwd and L_inv (default l1)")
     g.add_argument("--lambda-inv", type=float, default=None, help="weight of L_inv (default 1.0)")
+
+
+def mask_inert_key_bias(model: nn.Module) -> int:
+    """Zero the gradient of the key part of every attention layer's qkv bias; returns how many.
+
+    In softmax attention the key bias b_k adds q . b_k to every logit of a query's row, which the
+    softmax removes: the bias has no effect on any output and its exact gradient is zero. The
+    computed gradient is float rounding noise, which Adam divides by its own tiny running scale and
+    turns into learning-rate-sized random steps. Zeroing it changes no function the network
+    computes, keeps those weights put, and makes runs reproducible across batch splits (a 1-process
+    and an N-process run agree to float rounding)."""
+    try:
+        from timm.models.swin_transformer import WindowAttention
+    except ImportError:  # timm is a dependency of the INN; nothing to do without it
+        return 0
+    count = 0
+    for m in model.modules():
+        if isinstance(m, WindowAttention) and getattr(m.qkv, "bias", None) is not None:
+            dim = m.qkv.bias.shape[0] // 3
+            keep = torch.ones_like(m.qkv.bias)
+            keep[dim:2 * dim] = 0
+            m.qkv.bias.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))
+            count += 1
+    return count

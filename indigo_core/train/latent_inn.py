@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, WeightsFileError
 from ..inn.network import WaveletINN
 from .common import (add_inn_arguments, autocast_lift_nets, build_inn, file_fingerprint, load_frozen_estimator,
-                     save_inn_export)
+                     mask_inert_key_bias, save_inn_export)
 from .data import (STREAM_DEGRADE, STREAM_POOL, STREAM_VAL, Degrader, ImageFolder, _epoch_order,
                    build_image_sets, center_crop, crop_and_flip, generator_for, ranges_from_args, shard)
 from .losses import capped, inn_loss, psnr_per_image, reconstruction_loss
@@ -282,6 +282,7 @@ class LatentINNTask(Task):
     # -------------------------------------------------------------- loop interface
     def objective(self) -> nn.Module:
         autocast_lift_nets(self.inn, self.device.type, self.amp)
+        mask_inert_key_bias(self.inn)
         return LatentINNObjective(self.inn, self.vae, self.args.loss, self.args.lambda_inv, self.amp)
 
     def train_dataset(self):

@@ -223,6 +223,15 @@ class Task:
 
 
 # ---------------------------------------------------------------------- files
+def _default_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()  # what open() would give: mkstemp's files are private (0600)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +241,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -246,6 +256,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -492,9 +503,12 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
         train_csv.start(step if resume_path else None)
         val_csv.start(step if resume_path else None)
 
+    saved_at = [-1]
+
     def checkpoint(at: int) -> None:
-        if not info.main:
+        if not info.main or saved_at[0] == at:
             return
+        saved_at[0] = at
         state = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": task.kind, "step": at,
             "signature": signature, "model": _unwrap(model).state_dict(),
@@ -520,7 +534,7 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
             metrics = task.validate(_unwrap(model), info)
         model.train()
         last_metrics = {k: float(v) for k, v in metrics.items()}
-        if info.main:
+        if info.main and last_metrics:
             val_csv.write({"step": at, **last_metrics})
             log.info("step %d validation: %s", at,
                      ", ".join(f"{k} {v:.4g}" for k, v in last_metrics.items()))
@@ -635,6 +649,8 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
             **task.card(),
         }
         files = task.export(_unwrap(model), out, opts.name, card, opts.overwrite or bool(resume_path))
+        for f in files:
+            os.chmod(f, _FILE_MODE)
         atomic_write_text(out / f"{opts.name}.card.json", json.dumps(card, indent=2, default=str) + "\n")
         files.append(out / f"{opts.name}.card.json")
         log.info("finished %d steps in %.1f s; wrote %s", step, elapsed, ", ".join(str(f) for f in files))

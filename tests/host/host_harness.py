@@ -167,18 +167,18 @@ class InProcessComfy:
 
     # ------------------------------------------------------------------ start-up
     def _boot(self) -> None:
-        comfy = str(self.comfy_path)
+        comfy_dir = str(self.comfy_path)
         for name in COMFY_TOP_LEVEL:
             mod = sys.modules.get(name)
             origin = getattr(mod, "__file__", None) or ""
-            if mod is not None and not os.path.realpath(origin).startswith(os.path.realpath(comfy)):
+            if mod is not None and not os.path.realpath(origin).startswith(os.path.realpath(comfy_dir)):
                 raise HostSetupError(
                     f"module {name!r} was imported from {origin or mod!r} before ComfyUI "
-                    f"({comfy}); the in-process host must be set up first"
+                    f"({comfy_dir}); the in-process host must be set up first"
                 )
-        if comfy in sys.path:
-            sys.path.remove(comfy)
-        sys.path.insert(0, comfy)  # before the repo root, whose nodes/ would shadow ComfyUI's nodes.py
+        if comfy_dir in sys.path:
+            sys.path.remove(comfy_dir)
+        sys.path.insert(0, comfy_dir)  # before the repo root, whose nodes/ would shadow ComfyUI's nodes.py
 
         import comfy.options  # noqa: F401  (args parsing stays off: pytest's argv is not ComfyUI's)
         from comfy.cli_args import args

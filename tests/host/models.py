@@ -109,24 +109,67 @@ def sd15_unet_model(seed: int = 0, dtype: torch.dtype | None = None, device=None
     return _patcher(base)
 
 
-def _vae(ddconfig: dict, seed: int, embed_dim: int = 4, device=None, dtype=None):
+def smooth_autoencoder_init_(ae: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Seeded weights that make an AutoencoderKL smooth and nearly invertible, like a trained one.
+
+    A random deep decoder is a wildly non-linear map that no gradient method can invert in a few
+    steps; trained VAEs are close to locally linear. So: residual blocks and attention start as
+    identities (their last conv zero), downsamplers average 2x2, upsamplers copy (nearest),
+    and only the convs that change the channel count mix channels (random centre taps). Encoder
+    and decoder then act like a random colour/latent projection with pooling/upsampling and
+    ComfyUI's GroupNorm-SiLU heads.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ae.parameters():
+            p.zero_()
+        for name, m in ae.named_modules():
+            leaf = name.rsplit(".", 1)[-1]
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.fill_(1.0)
+            elif isinstance(m, torch.nn.Conv2d):
+                w = m.weight
+                cout, cin, kh, kw = w.shape
+                if name.endswith("downsample.conv"):
+                    for c in range(cout):
+                        w[c, c, 0:2, 0:2] = 0.25
+                elif name.endswith("upsample.conv"):
+                    for c in range(cout):
+                        w[c, c, kh // 2, kw // 2] = 1.0
+                elif leaf in ("conv2", "proj_out"):
+                    pass  # zero: the block is an identity
+                elif leaf in ("quant_conv", "post_quant_conv") and cin == cout:
+                    w[:, :, kh // 2, kw // 2] = torch.eye(cout)
+                else:
+                    w[:, :, kh // 2, kw // 2] = torch.randn(cout, cin, generator=gen) / math.sqrt(cin)
+    return ae
+
+
+def _vae(ddconfig: dict, seed: int, embed_dim: int = 4, device=None, dtype=None, latent_gain: float = 1.0,
+         smooth: bool = False):
     import comfy.ldm.models.autoencoder
     import comfy.sd
 
     config = {"params": {"embed_dim": embed_dim, "ddconfig": dict(ddconfig)}}
     # Build once to get a seeded state dict, then let comfy.sd.VAE load it like a file's weights.
     donor = comfy.ldm.models.autoencoder.AutoencoderKL(**config["params"])
-    seeded_init_(donor, seed)
+    if smooth:
+        smooth_autoencoder_init_(donor, seed)
+    else:
+        seeded_init_(donor, seed)
+    with torch.no_grad():  # latent scale like SD's (std ~5 in VAE space, ~1 after x0.18215)
+        donor.quant_conv.weight.mul_(latent_gain)
+        donor.post_quant_conv.weight.div_(latent_gain)
     sd = {k: v.detach().clone() for k, v in donor.state_dict().items()}
     del donor
     return comfy.sd.VAE(sd=sd, config=config, device=device, dtype=dtype)
 
 
-def tiny_vae(seed: int = 0, ch: int = 32, latent_channels: int = 4):
+def tiny_vae(seed: int = 0, ch: int = 32, latent_channels: int = 4, latent_gain: float = 8.0, smooth: bool = True):
     """comfy.sd.VAE with an AutoencoderKL of SD's structure (x8: three downsamples), `ch` channels (GroupNorm needs a multiple of 32)."""
     ddconfig = dict(SD_VAE_DDCONFIG)
     ddconfig.update(ch=ch, ch_mult=[1, 1, 1, 1], num_res_blocks=1, z_channels=latent_channels)
-    return _vae(ddconfig, seed, embed_dim=latent_channels)
+    return _vae(ddconfig, seed, embed_dim=latent_channels, latent_gain=latent_gain, smooth=smooth)
 
 
 def sd_vae(seed: int = 0, device=None, dtype=None):

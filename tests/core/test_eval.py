@@ -1,0 +1,179 @@
+"""The evaluation CLI: metrics rows, tables rebuilt from the CSV, the grid, FID plumbing, bad
+folders, the restore hook, and a 2-process torchrun run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from indigo_core.errors import ConfigError, DatasetError
+from indigo_core.eval import EvalOptions, OutputExistsError, evaluate, rebuild_table
+from indigo_core.eval.__main__ import main as eval_main
+from indigo_core.eval.report import read_csv
+from indigo_core.metrics import psnr, ssim
+from indigo_core.metrics.fid import frechet_distance
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _save(t: torch.Tensor, path: Path) -> None:
+    Image.fromarray((t[0] * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, photo_paths, load_photo):
+    """4 ground truths (64x64 photo crops) and two 'methods': a blurred and a noisy version."""
+    root = tmp_path_factory.mktemp("evaldata")
+    gt, blur, noisy, lq = (root / n for n in ("gt", "blur", "noisy", "lq"))
+    for d in (gt, blur, noisy, lq):
+        d.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(4):
+        x = load_photo(photo_paths[5 + 9 * i], 64)
+        _save(x, gt / f"img{i}.png")
+        _save(torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False), blur / f"img{i}.png")
+        _save((x + 0.04 * torch.randn(x.shape, generator=g)).clamp(0, 1), noisy / f"img{i}.png")
+        _save(torch.nn.functional.avg_pool2d(x, 4), lq / f"img{i}.png")
+    return root
+
+
+def _opts(folders, out, **kw):
+    base = dict(gt=folders / "gt", out=out, results={"blur": folders / "blur", "noisy": folders / "noisy"},
+                level="medium", metrics=("psnr", "ssim", "lpips", "dists", "fid"))
+    base.update(kw)
+    return EvalOptions(**base)
+
+
+def _load(p: Path) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def test_eval_rows_tables_grid_and_rebuild(folders, tmp_path, metrics_weights_dir):
+    out = tmp_path / "out"
+    res = evaluate(_opts(folders, out, inputs=folders / "lq", weights_dir=metrics_weights_dir))
+    files = res.files
+    assert sorted(p.name for p in (out / "medium").iterdir()) == ["grid.png", "results.csv", "table.md"]
+    rows = read_csv(files["results.csv"])
+    per_image = [r for r in rows if r["file"] != "*"]
+    assert len(per_image) == 8 and [r["method"] for r in per_image] == ["blur"] * 4 + ["noisy"] * 4
+    # the numbers are those of the metric functions on the saved images
+    r0 = per_image[0]
+    gt0, blur0 = _load(folders / "gt" / "img0.png"), _load(folders / "blur" / "img0.png")
+    assert r0["psnr"] == psnr(blur0, gt0).item() and r0["ssim"] == ssim(blur0, gt0).item()
+    assert r0["psnr_y"] == psnr(blur0, gt0, y_channel=True).item()
+    assert 0 < r0["lpips"] < 1 and 0 < r0["dists"] < 1
+    # FID has no Inception weights here and 4 < 50 images: said, not silently dropped
+    fid_rows = [r for r in rows if r["file"] == "*"]
+    assert [r["fid"] for r in fid_rows] == [None, None] and all(r["note"].startswith("not available") for r in fid_rows)
+    table = files["table.md"].read_text()
+    assert "| Degradation | blur | noisy |" in table and "| medium |" in table
+    mean_psnr = np.mean([r["psnr"] for r in per_image[:4]])
+    assert f"{mean_psnr:.2f} / " in table
+    assert "FID: not available" in table
+    # the table rebuilt from the saved CSV is the same, byte for byte
+    assert rebuild_table([files["results.csv"]]) == table
+    assert eval_main(["--from-csv", str(files["results.csv"]), "--out", str(tmp_path / "rebuilt")]) == 0
+    assert (tmp_path / "rebuilt" / "table.md").read_text() == table
+    # the grid: input, two methods, ground truth, labelled
+    grid = Image.open(files["grid.png"])
+    assert grid.width > 4 * 160 and grid.height > 4 * 160
+    # outputs are never replaced silently
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        evaluate(_opts(folders, out, metrics=("psnr",)))
+    assert evaluate(_opts(folders, out, metrics=("psnr",), overwrite=True)) is not None
+    assert eval_main(["--from-csv", str(files["results.csv"]), "--out", str(tmp_path / "rebuilt")]) == 2
+
+
+def test_table_spans_levels_from_several_csvs(folders, tmp_path):
+    csvs = []
+    for level in ("severe", "mild"):
+        res = evaluate(_opts(folders, tmp_path, level=level, metrics=("psnr",), grid_rows=1))
+        csvs.append(res.files["results.csv"])
+    table = rebuild_table(csvs)
+    lines = table.splitlines()
+    mild = next(i for i, l in enumerate(lines) if l.startswith("| mild |"))
+    severe = next(i for i, l in enumerate(lines) if l.startswith("| severe |"))
+    assert mild < severe  # the paper's level order, whatever the CSV order
+    assert "- / -" not in table and " / -" in table  # no LPIPS column computed: shown as '-'
+
+
+def test_fid_is_computed_when_a_feature_net_is_given(folders, tmp_path):
+    def colour_stats(x):  # a tiny stand-in feature net: per-channel means and stds
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+
+    res = evaluate(_opts(folders, tmp_path, metrics=("psnr", "fid"), fid_min_images=3), fid_extractor=colour_stats)
+    fid_row = next(r for r in res.rows if r["file"] == "*" and r["method"] == "noisy")
+    real = np.stack([colour_stats(_load(folders / "gt" / f"img{i}.png"))[0].double().numpy() for i in range(4)])
+    fake = np.stack([colour_stats(_load(folders / "noisy" / f"img{i}.png"))[0].double().numpy() for i in range(4)])
+    want = frechet_distance(real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
+    assert fid_row["fid"] == pytest.approx(want, rel=1e-9) and fid_row["note"] == ""
+    res = evaluate(_opts(folders, tmp_path / "b", metrics=("fid",), fid_min_images=10), fid_extractor=colour_stats)
+    assert "not available: 4 images < 10" in res.table
+
+
+def test_bad_folders_get_clear_errors(folders, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match=r"ground-truth folder .*empty.*: empty"):
+        evaluate(_opts(folders, tmp_path / "o", gt=empty, metrics=("psnr",)))
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for i in range(4):
+        (renamed / (f"img{i}.png" if i else "other.png")).write_bytes((folders / "blur" / f"img{i}.png").read_bytes())
+    with pytest.raises(DatasetError, match=r"missing 1 ground-truth names: img0; 1 names not among the ground truths: other"):
+        evaluate(_opts(folders, tmp_path / "o", results={"r": renamed}, metrics=("psnr",)))
+    small = tmp_path / "small"
+    small.mkdir()
+    for i in range(4):
+        im = Image.open(folders / "blur" / f"img{i}.png")
+        (im.resize((32, 32)) if i == 2 else im).save(small / f"img{i}.png")
+    with pytest.raises(DatasetError, match=r"img2.png is 32x32, ground truth img2.png is 64x64"):
+        evaluate(_opts(folders, tmp_path / "o", results={"s": small}, metrics=("psnr",)))
+    with pytest.raises(DatasetError, match="not a folder"):
+        evaluate(_opts(folders, tmp_path / "o", results={"x": tmp_path / "nope"}, metrics=("psnr",)))
+    with pytest.raises(ConfigError, match="metrics"):
+        evaluate(_opts(folders, tmp_path / "o", metrics=("psnr", "niqe")))
+    # the CLI turns them into a message and exit status 2
+    rc = eval_main(["--gt", str(empty), "--results", f"a={folders / 'blur'}", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "empty" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_make_inputs_and_restore_hook(folders, tmp_path):
+    upscale = ("import sys, pathlib; from PIL import Image; i, o = map(pathlib.Path, sys.argv[1:]); "
+               "[Image.open(p).resize((Image.open(p).width * 4, Image.open(p).height * 4), Image.BICUBIC)"
+               ".save(o / p.name) for p in sorted(i.glob('*.png'))]")
+    cmd = f"{sys.executable} -c \"{upscale}\" {{input}} {{output}}"
+    res = evaluate(_opts(folders, tmp_path, results={}, level="mild", make_inputs=True, restore={"bicubic": cmd},
+                         metrics=("psnr",)))
+    lq = sorted((tmp_path / "mild" / "inputs").glob("*.png"))
+    assert len(lq) == 4 and Image.open(lq[0]).size == (16, 16)
+    rows = [r for r in res.rows if r["file"] != "*"]
+    assert [r["method"] for r in rows] == ["bicubic"] * 4 and all(12 < r["psnr"] < 60 for r in rows), rows
+    with pytest.raises(Exception, match="exited with 3"):
+        evaluate(_opts(folders, tmp_path / "f", results={}, level="mild", make_inputs=True,
+                       restore={"bad": f"{sys.executable} -c \"import sys; sys.exit(3)\" {{input}} {{output}}"},
+                       metrics=("psnr",)))
+
+
+def test_torchrun_two_ranks_match_one_process(folders, tmp_path):
+    single = evaluate(_opts(folders, tmp_path / "one", metrics=("psnr", "ssim"), grid_rows=2))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "indigo_core.eval",
+           "--gt", str(folders / "gt"), "--results", f"blur={folders / 'blur'}", f"noisy={folders / 'noisy'}",
+           "--level", "medium", "--metrics", "psnr,ssim", "--grid-rows", "2", "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("| Degradation |") == 2  # one table (two header lines), printed by rank 0 only
+    two = tmp_path / "two" / "medium"
+    assert sorted(p.name for p in two.iterdir()) == ["grid.png", "results.csv", "table.md"]
+    assert read_csv(two / "results.csv") == read_csv(single.files["results.csv"])
+    assert (two / "table.md").read_text() == single.table
