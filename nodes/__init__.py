@@ -22,6 +22,14 @@ log = logging.getLogger("comfyui_indigo")
 NODE_SPECS: tuple[tuple[str, str], ...] = (
     ("load_inn", "LoadINN"),
     ("inn_info", "INNInfo"),
+    ("load_prior", "LoadPrior"),
+    ("guided_ksampler", "GuidedKSampler"),
+    ("apply_guidance", "ApplyGuidance"),
+    ("tiled_sampler", "TiledSampler"),
+    ("degradation_estimate", "DegradationEstimate"),
+    ("inn_refine", "INNRefine"),
+    ("regulariser", "Regulariser"),
+    ("synthetic_degradation", "SyntheticDegradation"),
 )
 
 

@@ -154,6 +154,7 @@ class TiledAutoencoder:
         self._ae, self._tile, self._overlap = ae, int(tile), int(overlap)
         self._enc, self._dec = tiled_encode, tiled_decode
         self.latent_channels, self.downscale, self.dtype = ae.latent_channels, ae.downscale, ae.dtype
+        self.device = ae.device
 
     def encode(self, x: Tensor) -> Tensor:
         return self._enc(self._ae, x, self._tile, self._overlap)
@@ -199,34 +200,51 @@ class GuidanceSpec:
         return self
 
     # ------------------------------------------------------------------ validation
+    def check_model(self, model_latent_channels: int) -> None:
+        """What can be checked knowing only the model's latent channels: VAE and INN must match."""
+        c = int(model_latent_channels)
+        vae_c = int(getattr(self.vae, "latent_channels", -1))
+        if vae_c != c:
+            raise DomainError(f"vae: expected a VAE with {c} latent channels (the model's latent format), "
+                              f"got a VAE with {vae_c}")
+        self._check_inn(c)
+
+    def _check_inn(self, latent_channels: int) -> None:
+        s = self.settings
+        cfg = getattr(self.inn, "config", None) if self.inn is not None else None
+        if not s.uses_inn or cfg is None:
+            return
+        if cfg.domain != s.inn_domain:
+            raise DomainError(f"inn: mode {s.mode!r} expects a {s.inn_domain} INN, got a {cfg.domain} INN "
+                              f"({cfg.channels} channels)")
+        if cfg.domain == "latent" and cfg.channels != latent_channels:
+            raise DomainError(f"inn: expected a LatentINN with {latent_channels} channels (the model's and VAE's "
+                              f"latent channels), got a {cfg.channels}-channel LatentINN")
+        if cfg.domain == "pixel" and cfg.channels != 3:
+            raise DomainError(f"inn: expected a 3-channel (RGB) PixelINN, got {cfg.channels} channels")
+
     def check(self, latent_shape, model_latent_channels: Optional[int] = None) -> None:
         """Refuse inputs that cannot work, naming expected vs got, before any heavy work.
 
-        latent_shape: (B,C,h,w) of the model-space latent to be sampled. The core repeats the
-        INN/measurement checks when the run is created; these are the ones that need the host's
-        objects (model, VAE) to be phrased well.
+        latent_shape: (B,C,h,w) of the latent to be sampled. The core repeats the INN/measurement
+        checks when the run is created; these are the ones that need the host's objects (model,
+        VAE) to be phrased well.
         """
         shape = tuple(int(v) for v in latent_shape)
         if len(shape) != 4:
             raise ShapeError(f"latent: expected an image latent (B,C,h,w), got shape {shape}")
         B, C, h, w = shape
+        if model_latent_channels is not None:
+            self.check_model(model_latent_channels)
+            if C != int(model_latent_channels):
+                raise DomainError(f"latent: expected {model_latent_channels} channels (the model's latent format), "
+                                  f"got {C}")
         vae_c = int(getattr(self.vae, "latent_channels", -1))
-        if model_latent_channels is not None and vae_c != int(model_latent_channels):
-            raise DomainError(f"vae: expected a VAE with {model_latent_channels} latent channels (the model's "
-                              f"latent format), got a VAE with {vae_c}")
         if C != vae_c:
             raise DomainError(f"latent: expected {vae_c} channels (the VAE's latent channels), got {C}")
+        self._check_inn(C)
         s = self.settings
         cfg = getattr(self.inn, "config", None) if self.inn is not None else None
-        if s.uses_inn and cfg is not None:
-            if cfg.domain != s.inn_domain:
-                raise DomainError(f"inn: mode {s.mode!r} expects a {s.inn_domain} INN, got a {cfg.domain} INN "
-                                  f"({cfg.channels} channels)")
-            if cfg.domain == "latent" and cfg.channels != C:
-                raise DomainError(f"inn: expected a LatentINN with {C} channels (the model's and VAE's latent "
-                                  f"channels), got a {cfg.channels}-channel LatentINN")
-            if cfg.domain == "pixel" and cfg.channels != 3:
-                raise DomainError(f"inn: expected a 3-channel (RGB) PixelINN, got {cfg.channels} channels")
         y = self.measurement
         if y is not None:
             if y.shape[0] not in (1, B):
@@ -261,7 +279,7 @@ class GuidanceSpec:
     def new_run(self, latent_shape, device=None) -> GuidanceRun:
         """A fresh GuidanceRun for a (VAE-space) latent of ``latent_shape``."""
         ae = self.autoencoder(device)
-        dev = torch.device(device) if device is not None else ae.device if hasattr(ae, "device") else None
+        dev = torch.device(device) if device is not None else ae.device
         with torch.inference_mode(False):
             return GuidanceRun(self.settings, measurement=self.measurement, latent_shape=tuple(latent_shape),
                                autoencoder=ae, inn=self.inn, degradation=self.degradation,

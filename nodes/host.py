@@ -47,6 +47,8 @@ __all__ = [
     "SCHEDULER_NAMES",
     "ksample",
     "frontend_connected",
+    "sd1_eps_model",
+    "sd_vae",
 ]
 
 log = logging.getLogger("comfyui_indigo")
@@ -152,6 +154,56 @@ def frontend_connected() -> bool:
     import server
 
     return getattr(server.PromptServer, "instance", None) is not None
+
+
+
+def sd1_eps_model(unet_config: dict, state_dict: dict, latent_format: dict | None = None):
+    """A MODEL (ModelPatcher) holding ComfyUI's own SD1.x UNetModel built from ``unet_config``.
+
+    Epsilon prediction with SD's discrete scaled-linear schedule, as SD1.5 checkpoints get, so every
+    sampler and scheduler applies. ``state_dict`` must match the layout exactly (strict load).
+    ``latent_format``: {"scale_factor", optional "latent_rgb_factors", "latent_rgb_factors_bias"}
+    (default: SD1's). dtype and devices are chosen as ComfyUI's own UNet loader chooses them.
+    """
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SD15(dict(unet_config))
+    # SD15's extra config forces 8 heads; a small UNet keeps the head count it was trained with.
+    for key in ("num_heads", "num_head_channels"):
+        if key in unet_config:
+            config.unet_config[key] = unet_config[key]
+    lf = dict(latent_format or {})
+    fmt = comfy.latent_formats.SD15(scale_factor=float(lf.get("scale_factor", 0.18215)))
+    if lf.get("latent_rgb_factors") is not None:
+        fmt.latent_rgb_factors = lf["latent_rgb_factors"]
+        fmt.latent_rgb_factors_bias = lf.get("latent_rgb_factors_bias")
+    fmt.taesd_decoder_name = None  # SD's TAESD previews would show another autoencoder's colours
+    config.latent_format = fmt
+    load_device = model_management.get_torch_device()
+    offload_device = model_management.unet_offload_device()
+    params = sum(t.numel() for t in state_dict.values())
+    unet_dtype = model_management.unet_dtype(model_params=params, supported_dtypes=list(config.supported_inference_dtypes))
+    manual_cast = model_management.unet_manual_cast(unet_dtype, load_device, config.supported_inference_dtypes)
+    config.set_inference_dtype(unet_dtype, manual_cast)
+    model = config.get_model({}, "").to(offload_device)
+    model.diffusion_model.load_state_dict(state_dict, strict=True)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def sd_vae(state_dict: dict, vae_config: dict):
+    """A VAE: ComfyUI's ``comfy.sd.VAE`` (an ldm AutoencoderKL) built from ``vae_config``
+    ({"params": {"embed_dim", "ddconfig"}}) with ``state_dict`` in ldm names."""
+    import comfy.sd
+
+    vae = comfy.sd.VAE(sd=dict(state_dict), config=vae_config)
+    expected = set(vae.first_stage_model.state_dict())
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if missing or unexpected:  # comfy.sd.VAE loads non-strictly and only logs these
+        raise ValueError(f"VAE tensors do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return vae
 
 
 register_model_folder()

@@ -43,11 +43,13 @@ def adain_colour_fix(result: Tensor, reference: Tensor, eps: float = 1e-5) -> Te
 
 
 def _binomial_blur(x: Tensor, dilation: int) -> Tensor:
-    """3x3 binomial blur [1,2,1]^T[1,2,1]/16 with holes (a trous), replicate padding, any size."""
+    """3x3 binomial blur [1,2,1]^T[1,2,1]/16 with holes (a trous). Mirror padding (keeps textures
+    periodic at the border); replicate padding where the image is too small to mirror."""
     c = x.shape[1]
     k1 = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype) / 4.0
     k = (k1[:, None] * k1[None, :]).expand(c, 1, 3, 3)
-    xp = F.pad(x, (dilation, dilation, dilation, dilation), mode="replicate")
+    mode = "reflect" if dilation < min(x.shape[-2:]) else "replicate"
+    xp = F.pad(x, (dilation, dilation, dilation, dilation), mode=mode)
     return F.conv2d(xp, k, groups=c, dilation=dilation)
 
 

@@ -16,6 +16,14 @@ scheduled step, one optimiser step, from the same INN forward the guidance used)
 Everything is float32 inside except the autoencoder, which may run in fp16/bf16 (cast at the
 boundary, see autoencoder.py). Nothing in `step` reads tensors back to the host: records keep
 tensors and convert only when read.
+
+Samplers that evaluate the model more than once per step: the guidance update runs on every
+evaluation (each evaluation's z0 is what the sampler uses); the regulariser and the refinement
+run once per step index. A caveat for second-order samplers (heun, dpm_2): the change made to
+z0 at the corrector evaluation (at sigma_{i+1}) reaches x scaled by about sigma_i / (2 sigma_{i+1}),
+so with sigma schedules whose last steps shrink sigma sharply (e.g. a linear ramp ending at
+sigma_min) a guidance step there overshoots. Karras-like schedules keep that ratio small; the
+single-evaluation samplers (euler, euler_ancestral, dpmpp_2m, ddim, uni_pc) are not affected.
 """
 
 from __future__ import annotations
@@ -84,6 +92,10 @@ def _check_image(x: Tensor, name: str, batch: int) -> None:
     if lo < -0.5 or hi > 1.5:
         raise InputValueError(f"{name}: expected values in [0, 1], got min {lo:.4g}, max {hi:.4g}"
                               " (0..255 images must be divided by 255)")
+
+
+def _holds_inference_tensors(module: torch.nn.Module) -> bool:
+    return any(t.is_inference() for t in list(module.parameters()) + list(module.buffers()))
 
 
 def _check_aspect(name: str, got: Sequence[int], target: Sequence[int], what: str) -> None:
@@ -226,6 +238,10 @@ class GuidanceRun:
                 if degradation.dim() != 2 or degradation.shape[1] != cfg.emb_dim or degradation.shape[0] not in (1, B):
                     raise ShapeError(f"degradation: expected ({B} or 1, {cfg.emb_dim}), got {tuple(degradation.shape)}")
                 _check_finite(degradation, "degradation")
+        if s.mode in GRADIENT_MODES and isinstance(ae, torch.nn.Module) and _holds_inference_tensors(ae):
+            raise ConfigError("autoencoder: expected weights usable by autograd for mode "
+                              f"{s.mode!r}, got inference tensors (loaded under torch.inference_mode()); "
+                              "pass a copy made under torch.inference_mode(False)")
         if s.mode == "hgs":
             _check_aspect("measurement", y.shape[-2:], (H, W), "the image")
         if s.mode == "pgdiff":
@@ -250,7 +266,8 @@ class GuidanceRun:
                 raise ConfigError(
                     f"w_p={self.settings.w_p}: the LPIPS term needs offline backbone weights, which "
                     f"are missing ({exc}); install them or set w_p = 0") from exc
-        if isinstance(perceptual, torch.nn.Module):
+        if isinstance(perceptual, torch.nn.Module) and _holds_inference_tensors(perceptual):
+            # autograd cannot save inference tensors for backward: use a normal copy
             perceptual = private_module_copy(perceptual, self.device)
         return perceptual
 
@@ -362,7 +379,7 @@ class GuidanceRun:
             rec.residual = rms_per_item(z_c.detach() - self.z_y)
             details = [t.detach() for t in z_d]
             if guide:
-                z = latent_inn_guide(z, self.z_y, self.inn, self.degradation, s.zeta, details=details)
+                z = self._latent_iterate(z, details)
             refine_step(self.optimizer, self._params, loss)
             set_trainable(self._params, False)
             rec.refine_loss = loss.detach()
@@ -370,7 +387,16 @@ class GuidanceRun:
         with torch.no_grad():
             z_c, z_d = self.inn(z, self.degradation)
             rec.residual = rms_per_item(z_c - self.z_y)
-            return latent_inn_guide(z, self.z_y, self.inn, self.degradation, s.zeta, details=z_d)
+            return self._latent_iterate(z, z_d)
+
+    @torch.no_grad()
+    def _latent_iterate(self, z: Tensor, details) -> Tensor:
+        s = self.settings
+        for k in range(s.latent_iterations):
+            if k:
+                _, details = self.inn(z, self.degradation)
+            z = latent_inn_guide(z, self.z_y, self.inn, self.degradation, s.zeta, details=details)
+        return z
 
     def _gradient_step_z0(self, z: Tensor, rec: StepRecord, refine: bool) -> Tensor:
         s = self.settings

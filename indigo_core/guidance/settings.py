@@ -8,14 +8,16 @@ apply to this implementation):
 setting            default                source
 =================  =====================  ========================================================
 mode               "latent_inn"           ours (the paper's cheaper variant, Alg. 2)
-zeta               0.3                    ours: the paper reports "smaller is better up to an
+zeta               0.5                    ours: the paper reports "smaller is better up to an
                                           optimum" but its value was lost in extraction
+latent_iterations  1                      paper (one INN forward + inverse per step); more
+                                          repeats Alg. 2 lines 4-6 within a step
 w_dc, w_p          2.5, 1.0               ratio from INDIGO+ ([2.5, 1], synthetic degradations);
                                           the terms here are normalised (see below), so the
                                           absolute meaning is ours
 step_size          0.5                    ours (fraction of a Polyak step, see `step_rule`)
 step_rule          "polyak"               ours; "gradient" is the raw DPS/INDIGO+ rule
-max_step           0.1                    ours: trust region, rms change of z0 per step <=
+max_step           0.5                    ours: trust region, rms change of z0 per step <=
                                           max_step * rms(E(up(y))) (per item)
 grad_wrt           "z0"                   ours (decoder-only gradient; the cost-saving choice);
                                           "zt" is the DPS-style gradient INDIGO+ used
@@ -119,6 +121,10 @@ class GuidanceSettings:
     mode: "latent_inn" (Alg. 2), "pixel_inn" (Alg. 1), "ldps" (||y - g_c(D(z0))|| only), "hgs"
         (Sobel high-pass of up(y) vs of D(z0)), "pgdiff" (MSE to a given restoration), "none".
     zeta: LatentINN interpolation strength, z0 + zeta (z_inv - z0), in [0, 1].
+    latent_iterations: how many times Alg. 2 lines 4-6 run per step (1 = the paper). With the
+        redundant (undecimated) split, g^-1 merges by least squares, so one update only partly
+        restores data consistency (it is one Landweber step on the coarse residual); repeating it
+        pulls harder at one INN forward + inverse each.
     w_dc, w_p: weights of the data-consistency and perceptual terms (gradient modes).
     step_size: scale of the gradient update (see step_rule).
     step_rule: "polyak" or "gradient" (module docstring).
@@ -132,12 +138,13 @@ class GuidanceSettings:
     """
 
     mode: str = "latent_inn"
-    zeta: float = 0.3
+    zeta: float = 0.5
+    latent_iterations: int = 1
     w_dc: float = 2.5
     w_p: float = 1.0
     step_size: float = 0.5
     step_rule: str = "polyak"
-    max_step: Optional[float] = 0.1
+    max_step: Optional[float] = 0.5
     grad_wrt: str = "z0"
     schedule: Schedule = field(default_factory=Schedule.all_steps)
     regulariser: Schedule = field(default_factory=lambda: Schedule.fraction(0.0, 0.3))
@@ -148,6 +155,9 @@ class GuidanceSettings:
         o = "GuidanceSettings"
         _choice(o, "mode", self.mode, MODES)
         _number(o, "zeta", self.zeta, 0.0, 1.0)
+        if isinstance(self.latent_iterations, bool) or not isinstance(self.latent_iterations, int) \
+                or not 1 <= self.latent_iterations <= 100:
+            raise ConfigError(f"{o}.latent_iterations: expected an integer in [1, 100], got {self.latent_iterations!r}")
         _number(o, "w_dc", self.w_dc, 0.0)
         _number(o, "w_p", self.w_p, 0.0)
         _number(o, "step_size", self.step_size, 0.0)
@@ -162,10 +172,12 @@ class GuidanceSettings:
             raise ConfigError(f"{o}.refine: expected RefineSettings or None, got {type(self.refine).__name__}")
         if self.refine is not None and self.mode not in INN_DOMAIN:
             raise ConfigError(
-                f"{o}.refine: refinement needs a mode with an INN {tuple(INN_DOMAIN)}, got mode={self.mode!r}")
+                f"{o}.refine: expected None for mode={self.mode!r} (refinement needs a mode with an INN: "
+                f"{tuple(INN_DOMAIN)}), got RefineSettings")
         if self.grad_wrt == "zt" and self.mode not in GRADIENT_MODES:
             raise ConfigError(
-                f"{o}.grad_wrt: 'zt' applies to the gradient modes {GRADIENT_MODES}, got mode={self.mode!r}")
+                f"{o}.grad_wrt: expected 'z0' for mode={self.mode!r} ('zt' applies to the gradient modes "
+                f"{GRADIENT_MODES}), got 'zt'")
         if self.mode in GRADIENT_MODES and self.w_dc == 0 and not (self.mode == "pixel_inn" and self.w_p > 0):
             raise ConfigError(f"{o}.w_dc: expected > 0 for mode={self.mode!r} (nothing to guide by), got 0")
 

@@ -125,22 +125,24 @@ class DISTS(nn.Module):
 def load_dists(weights_dir: str | Path | None = None, device: torch.device | str | None = None) -> DISTS:
     """DISTS with the converted VGG16 and alpha/beta, cached per (device, weights files).
     Raises PerceptualWeightsMissing when a file is missing."""
-    vgg, vgg_src = load_backbone_state("vgg", weights_dir)
-    ab, ab_src = load_dists_alpha_beta(weights_dir)
+    with torch.inference_mode(False):  # see load_lpips: the module must stay differentiable
+        vgg, vgg_src = load_backbone_state("vgg", weights_dir)
+        ab, ab_src = load_dists_alpha_beta(weights_dir)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     key = (str(dev), vgg_src, ab_src)
     with _lock:
         if key in _cache:
             return _cache[key]
-        model = DISTS()
-        model.load_vgg_features(vgg)
-        with torch.no_grad():
-            for name in ("alpha", "beta"):
-                t = ab[name]
-                if tuple(t.shape) != (1, sum(CHANNELS), 1, 1):
-                    raise ShapeError(f"DISTS {name}: expected shape (1, {sum(CHANNELS)}, 1, 1), got {tuple(t.shape)}")
-                getattr(model, name).copy_(t)
-        model.source = f"{vgg_src} + {ab_src}"
-        model = model.to(dev).eval()
+        with torch.inference_mode(False):
+            model = DISTS()
+            model.load_vgg_features(vgg)
+            with torch.no_grad():
+                for name in ("alpha", "beta"):
+                    t = ab[name]
+                    if tuple(t.shape) != (1, sum(CHANNELS), 1, 1):
+                        raise ShapeError(f"DISTS {name}: expected shape (1, {sum(CHANNELS)}, 1, 1), got {tuple(t.shape)}")
+                    getattr(model, name).copy_(t)
+            model.source = f"{vgg_src} + {ab_src}"
+            model = model.to(dev).eval()
         _cache[key] = model
         return model

@@ -100,14 +100,18 @@ def load_lpips(net: str = "alex", weights_dir: str | Path | None = None,
     if net not in NETS:
         raise ConfigError(f"LPIPS net: expected one of {NETS}, got {net!r}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    state, source = load_backbone_state(net, weights_dir)  # raises when missing, before any heavy work
+    with torch.inference_mode(False):
+        state, source = load_backbone_state(net, weights_dir)  # raises when missing, before any heavy work
     key = (net, str(dev), source)
     with _lock:
         hit = _cache.get(key)
         if hit is not None:
             return hit
-        model = build_lpips(net)
-        load_backbone_into(model, state, net)
-        metric = LPIPS(model, net, source).to(dev)
+        # built outside inference mode: a module of inference tensors could never be backpropagated
+        # through (guidance differentiates LPIPS), even when the caller runs under inference_mode
+        with torch.inference_mode(False):
+            model = build_lpips(net)
+            load_backbone_into(model, state, net)
+            metric = LPIPS(model, net, source).to(dev)
         _cache[key] = metric
         return metric

@@ -47,11 +47,12 @@ def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, crop_bord
     """Peak signal-to-noise ratio per image, in dB.
 
     x, y: (B,C,H,W), values in [0, data_range] (C = 3 for y_channel). crop_border drops that many
-    pixels on each side first. Computed in float64. Returns (B,) float64; +inf for identical images.
+    pixels on each side first. Computed in float64 (float32 on MPS). Returns (B,); +inf for identical images.
     """
     check_pair(x, y, "psnr", (3,) if y_channel else (1, 3))
-    x = x.detach().to(torch.float64)
-    y = y.detach().to(torch.float64)
+    dt = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    x = x.detach().to(dt)
+    y = y.detach().to(dt)
     if y_channel:
         x, y = rgb_to_y(x), rgb_to_y(y)
     x, y = _crop(x, crop_border), _crop(y, crop_border)

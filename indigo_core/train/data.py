@@ -102,7 +102,8 @@ def split_files(files: Sequence[Path], root: str | Path, val_fraction: float = 0
         return hashlib.sha1(p.relative_to(root).as_posix().encode("utf-8")).hexdigest()
 
     val = set(sorted(files, key=key)[:val_count])
-    return [f for f in files if f not in val], [f for f in files if f in val]
+    ordered = sorted(files, key=lambda p: p.relative_to(root).as_posix())
+    return [f for f in ordered if f not in val], [f for f in ordered if f in val]
 
 
 def _read_rgb(path: Path) -> np.ndarray:

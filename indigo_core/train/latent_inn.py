@@ -134,7 +134,7 @@ def _gather_pool(local: dict[str, Tensor], n: int, info: DistInfo) -> dict[str, 
         dev = info.device if info.device.type == "cuda" else torch.device("cpu")
         buf = buf.to(dev)
         if buf.dtype == torch.uint8 and dev.type == "cpu":
-            buf = buf.to(torch.int16)  # gloo's all_gather is not defined for every small integer type
+            buf = buf.to(torch.float32)  # gloo has no 8/16-bit integer all_gather; 0..255 are exact
         outs = [torch.empty_like(buf) for _ in range(info.world)]
         dist.all_gather(outs, buf)
         stacked = torch.stack([o.cpu().to(t.dtype) for o in outs], dim=1)  # (per, world, ...)

@@ -491,9 +491,15 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
     if info.initialised:
         # find_unused_parameters: the degradation-scale layers get no gradient when no estimator
         # embedding is given; it costs one graph traversal per step, negligible here.
+        # Buffers (wavelet filters, attention masks) are identical constants on every rank: no
+        # per-step buffer sync (the argument's name changed in torch 2.14).
+        import inspect
+
+        sync = ("forward_sync_buffers" if "forward_sync_buffers" in
+                inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters else "broadcast_buffers")
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=True)
+            find_unused_parameters=True, **{sync: False})
 
     global_batch = opts.batch_size * info.world
     train_cols = ["step", "samples", "lr", *task.loss_names, "samples_per_s", "elapsed_s"]

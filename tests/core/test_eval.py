@@ -29,14 +29,14 @@ def _save(t: torch.Tensor, path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, photo_paths, load_photo):
-    """4 ground truths (64x64 photo crops) and two 'methods': a blurred and a noisy version."""
+    """4 ground truths (48x48 photo crops) and two 'methods': a blurred and a noisy version."""
     root = tmp_path_factory.mktemp("evaldata")
     gt, blur, noisy, lq = (root / n for n in ("gt", "blur", "noisy", "lq"))
     for d in (gt, blur, noisy, lq):
         d.mkdir()
     g = torch.Generator().manual_seed(0)
     for i in range(4):
-        x = load_photo(photo_paths[5 + 9 * i], 64)
+        x = load_photo(photo_paths[5 + 9 * i], 48)
         _save(x, gt / f"img{i}.png")
         _save(torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False), blur / f"img{i}.png")
         _save((x + 0.04 * torch.randn(x.shape, generator=g)).clamp(0, 1), noisy / f"img{i}.png")
@@ -134,7 +134,7 @@ def test_bad_folders_get_clear_errors(folders, tmp_path, capsys):
     for i in range(4):
         im = Image.open(folders / "blur" / f"img{i}.png")
         (im.resize((32, 32)) if i == 2 else im).save(small / f"img{i}.png")
-    with pytest.raises(DatasetError, match=r"img2.png is 32x32, ground truth img2.png is 64x64"):
+    with pytest.raises(DatasetError, match=r"img2.png is 32x32, ground truth img2.png is 48x48"):
         evaluate(_opts(folders, tmp_path / "o", results={"s": small}, metrics=("psnr",)))
     with pytest.raises(DatasetError, match="not a folder"):
         evaluate(_opts(folders, tmp_path / "o", results={"x": tmp_path / "nope"}, metrics=("psnr",)))
@@ -154,7 +154,7 @@ def test_make_inputs_and_restore_hook(folders, tmp_path):
     res = evaluate(_opts(folders, tmp_path, results={}, level="mild", make_inputs=True, restore={"bicubic": cmd},
                          metrics=("psnr",)))
     lq = sorted((tmp_path / "mild" / "inputs").glob("*.png"))
-    assert len(lq) == 4 and Image.open(lq[0]).size == (16, 16)
+    assert len(lq) == 4 and Image.open(lq[0]).size == (12, 12)
     rows = [r for r in res.rows if r["file"] != "*"]
     assert [r["method"] for r in rows] == ["bicubic"] * 4 and all(12 < r["psnr"] < 60 for r in rows), rows
     with pytest.raises(Exception, match="exited with 3"):

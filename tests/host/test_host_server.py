@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,17 @@ from host_harness import history_error
 from inn_files import write_corrupt_file, write_random_inn
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def _node_specs() -> list:
+    """NODE_SPECS of nodes/__init__.py, read from the source (importing it needs ComfyUI)."""
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "nodes" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "NODE_SPECS":
+            return list(ast.literal_eval(node.value))
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "NODE_SPECS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError("nodes/__init__.py defines no NODE_SPECS")
 
 
 def _graph(inn_name: str) -> dict:
@@ -23,9 +35,10 @@ def _graph(inn_name: str) -> dict:
 def test_server_boots_with_the_pack(comfy_server) -> None:
     status, stats = comfy_server.get("/system_stats")
     assert status == 200 and stats["system"]["comfyui_version"]
-    log = comfy_server.log_path.read_text(errors="replace")
-    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "comfyui-indigo" in l), comfy_server.log_tail()
-    assert "comfyui-indigo: " not in log, comfy_server.log_tail()  # the pack logged no failure
+    log = comfy_server.log_path.read_text(errors="replace").splitlines()
+    signs = ("IMPORT FAILED", "failed to import", "Cannot import", "Error while calling comfy_entrypoint")
+    failures = [l for l in log if "comfyui-indigo" in l and any(s in l for s in signs)]
+    assert not failures, "\n".join(failures) + "\n" + comfy_server.log_tail()
 
 
 def test_object_info_lists_load_inn_with_its_files(comfy_server) -> None:
@@ -41,6 +54,8 @@ def test_object_info_lists_load_inn_with_its_files(comfy_server) -> None:
     assert out["output_node"] is True and out["input"]["required"]["inn"][0] == "INDIGO_INN"
     everything = comfy_server.object_info()
     assert {"INDIGO_LoadINN", "INDIGO_INNInfo", "KSampler"} <= set(everything)
+    ours = sorted(k for k, v in everything.items() if v.get("python_module") == "custom_nodes.comfyui-indigo")
+    assert len(ours) == len(_node_specs()), f"registered {ours}, NODE_SPECS {_node_specs()}\n{comfy_server.log_tail()}"
 
 
 @pytest.mark.parametrize("preset", ["pixel-small", "latent-small"])

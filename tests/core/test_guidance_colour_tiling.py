@@ -1,0 +1,124 @@
+"""Colour fixes and the tiling math of Algorithm 3 (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from indigo_core.errors import ConfigError, ShapeError
+from indigo_core.guidance import (LinearTestAutoencoder, adain_colour_fix, colour_fix, gaussian_weights,
+                                  tile_grid, tiled_apply, tiled_decode, tiled_encode, wavelet_colour_fix)
+from indigo_core.guidance.colour import wavelet_low_pass
+
+
+# ---------------------------------------------------------------- colour
+def test_adain_matches_reference_statistics():
+    g = torch.Generator().manual_seed(0)
+    result = torch.rand(2, 3, 20, 24, generator=g) * 0.5
+    reference = torch.rand(2, 3, 10, 12, generator=g) * 0.3 + 0.6
+    out = adain_colour_fix(result, reference)
+    ref_up = torch.nn.functional.interpolate(reference, size=(20, 24), mode="bicubic").clamp(0, 1)
+    torch.testing.assert_close(out.mean((-2, -1)), ref_up.mean((-2, -1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std((-2, -1), unbiased=False), ref_up.std((-2, -1), unbiased=False),
+                               atol=1e-4, rtol=1e-3)
+    # the structure (per-channel correlation with the input) is kept
+    c = torch.corrcoef(torch.stack([out[0, 0].flatten(), result[0, 0].flatten()]))[0, 1]
+    assert c > 0.999
+
+
+def test_wavelet_keeps_result_high_frequency():
+    h, w = 32, 40
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    texture = 0.1 * ((yy + xx) % 2 * 2 - 1).float()  # Nyquist checkerboard: pure high frequency
+    a = torch.tensor([0.7, 0.3, 0.5]).view(1, 3, 1, 1)  # reference colour
+    b = torch.tensor([0.2, 0.6, 0.4]).view(1, 3, 1, 1)  # the result's (shifted) colour
+    result = (b + texture).expand(1, 3, h, w)
+    reference = a.expand(1, 3, h // 4, w // 4)
+    out = wavelet_colour_fix(result, reference)
+    torch.testing.assert_close(out, (a + texture).expand(1, 3, h, w), atol=1e-5, rtol=0)
+    # high frequencies of out are the result's
+    torch.testing.assert_close(out - wavelet_low_pass(out), result - wavelet_low_pass(result), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (7, 2), (65, 33)])
+def test_colour_fixes_any_size(size):
+    x = torch.rand(1, 3, *size)
+    r = torch.rand(1, 3, max(size[0] // 2, 1), max(size[1] // 2, 1))
+    for kind in ("wavelet", "adain"):
+        out = colour_fix(x, r, kind)
+        assert out.shape == x.shape and torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    assert colour_fix(x, r, "none") is x
+    with pytest.raises(ShapeError, match="expected"):
+        adain_colour_fix(x, torch.rand(3, 3, 4, 4))
+    with pytest.raises(ConfigError, match="expected"):
+        colour_fix(x, r, "histogram")
+
+
+# ---------------------------------------------------------------- tiling
+@pytest.mark.parametrize("hw,tile,overlap", [((40, 56), 16, 4), ((17, 9), 8, 3), ((6, 5), 16, 4),
+                                             ((33, 64), (16, 32), (8, 0))])
+def test_grid_covers_and_stays_inside(hw, tile, overlap):
+    h, w = hw
+    regions = tile_grid(h, w, tile, overlap)
+    cover = torch.zeros(h, w, dtype=torch.int64)
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    for r in regions:
+        assert r.top >= 0 and r.left >= 0 and r.top + r.height <= h and r.left + r.width <= w
+        assert r.height == min(th, h) and r.width == min(tw, w)
+        rs, cs = r.slices()
+        cover[rs, cs] += 1
+    assert cover.min() >= 1
+    if h <= th and w <= tw:  # a latent smaller than a tile: one tile, the whole latent
+        assert len(regions) == 1
+
+
+def test_grid_validation():
+    with pytest.raises(ConfigError, match="overlap"):
+        tile_grid(32, 32, 8, 8)
+    with pytest.raises(ConfigError, match="tile"):
+        tile_grid(32, 32, 0, 0)
+
+
+def test_gaussian_weights_cached_and_peaked():
+    w1 = gaussian_weights(16, 24)
+    assert w1 is gaussian_weights(16, 24)  # cached per size/device/dtype
+    assert w1.shape == (16, 24) and float(w1.max()) == pytest.approx(1.0)
+    assert w1[8, 12] > w1[0, 0] > 0
+    assert gaussian_weights(16, 24, dtype=torch.float64).dtype == torch.float64
+
+
+def test_tiled_apply_identity_and_pointwise():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, 40, 52, generator=g)
+    calls = []
+
+    def ident(t, region):
+        calls.append((tuple(t.shape[-2:]), region))
+        return t.clone()
+
+    out = tiled_apply(ident, z, 16, 4)
+    torch.testing.assert_close(out, z, atol=1e-6, rtol=1e-6)
+    assert all(s[0] <= 16 and s[1] <= 16 for s, _ in calls)  # never more than a tile's worth
+    assert len(calls) == len(tile_grid(40, 52, 16, 4))
+    f = lambda t: torch.tanh(2 * t) + t ** 2  # noqa: E731
+    torch.testing.assert_close(tiled_apply(lambda t, r: f(t), z, 16, 4), f(z), atol=1e-5, rtol=1e-5)
+    # weights sum-normalised: a constant stays that constant
+    torch.testing.assert_close(tiled_apply(lambda t, r: torch.full_like(t, 3.0), z, (16, 12), (5, 3)),
+                               torch.full_like(z, 3.0), atol=1e-6, rtol=0)
+    # smaller than a tile: one call on the whole tensor
+    small = torch.randn(1, 4, 6, 7, generator=g)
+    n = []
+    torch.testing.assert_close(tiled_apply(lambda t, r: (n.append(1), t)[1], small, 16, 4), small)
+    assert len(n) == 1
+
+
+def test_tiled_vae_matches_full():
+    ae = LinearTestAutoencoder(4, 8)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 8 * 20, 8 * 27, generator=g)
+    z_full = ae.encode(x)
+    z_tiled = tiled_encode(ae, x, tile=8, overlap=3)
+    torch.testing.assert_close(z_tiled, z_full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiled_decode(ae, z_full, tile=8, overlap=3), ae.decode(z_full), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ShapeError, match="multiples"):
+        tiled_encode(ae, x[..., :-3], tile=8, overlap=3)

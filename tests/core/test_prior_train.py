@@ -1,0 +1,90 @@
+"""The prior's training CLI end to end on a few synthetic photos (tiny presets, two steps each),
+its split and staging, and the time budget."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from indigo_core.errors import TrainingError
+from indigo_core.prior.data import CropSampler, photo_split
+from indigo_core.prior.train import run
+from indigo_core.prior.trainutil import Budget
+from indigo_core.prior.weights import load_autoencoder, load_unet
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        h, w = (72, 96) if i % 2 else (100, 64)
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([(np.sin(xx / (3 + i)) + np.cos(yy / (5 + c))) for c in range(3)], -1)
+        img = (img - img.min()) / (np.ptp(img) + 1e-9) * 200 + rng.integers(0, 40, (h, w, 3))
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"p{i:02d}.png")
+    return d
+
+
+def test_split_is_deterministic_and_shared(photos, tmp_path) -> None:
+    train, val = photo_split(photos, 0.1)
+    assert len(val) == 1 and len(train) == 9
+    assert photo_split(photos, 0.1) == (train, val)
+    rec = run(["split", "--data", str(photos), "--out", str(tmp_path / "split.json")])
+    assert json.loads((tmp_path / "split.json").read_text())["val"] == [val[0].name] == rec["val"]
+    run(["stage", "--data", str(photos), "--out", str(tmp_path / "staged")])
+    assert sorted(p.name for p in (tmp_path / "staged" / "val").iterdir()) == [val[0].name]
+    assert len(list((tmp_path / "staged" / "train").glob("*.jpg"))) == 9
+
+
+@pytest.mark.slow
+def test_train_autoencoder_then_unet(photos, tmp_path) -> None:
+    out = tmp_path / "run"
+    common = ["--data", str(photos), "--val-fraction", "0.2", "--out", str(out), "--max-steps", "2",
+              "--log-every", "1", "--device", "cpu", "--val-minutes", "0"]
+    card = run(["autoencoder", *common, "--preset", "tiny", "--crop", "64", "--val-size", "64", "--batch-size", "2",
+                "--stats-crops", "4"])
+    assert card["training"]["steps"] == 2 and card["data"]["val_images"] == 2
+    assert card["latent_format"]["scale_factor"] == pytest.approx(0.18215)
+    assert {"val_psnr_db", "val_ssim", "meets_target"} <= set(card["quality"])
+    ae_file = out / "indigo-prior-vae.safetensors"
+    ae = load_autoencoder(ae_file)
+    assert ae.cfg.ch == 32
+    rows = (out / "autoencoder_log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,elapsed_s,lr,loss") and len(rows) == 3
+    assert (out / "autoencoder_val_recon.png").is_file()
+    with pytest.raises(TrainingError, match="overwrite"):
+        run(["autoencoder", *common, "--preset", "tiny"])
+
+    card = run(["unet", *common, "--autoencoder", str(ae_file), "--preset", "tiny", "--latent-size", "8",
+                "--batch-size", "4", "--scales", "1", "--no-mirror", "--samples", "2", "--sample-steps", "2"])
+    assert card["training"]["steps"] == 2 and card["autoencoder"]["file"] == ae_file.name
+    assert card["schedule"]["beta_schedule"] == "scaled_linear" and card["quality"]["val_eps_mse"] > 0
+    unet, ctx, meta = load_unet(out / "indigo-prior-unet.safetensors")
+    assert ctx.shape == (1, 1, 32) and json.loads(meta["autoencoder"])["sha256"] == card["autoencoder"]["sha256"]
+    assert Image.open(out / "unet_samples.png").size == (128, 64)  # two 64 px samples side by side
+
+
+def test_budget_bounds_and_schedule() -> None:
+    with pytest.raises(TrainingError):
+        Budget(None, None)
+    b = Budget(None, 100, warmup=10)
+    assert b.lr(0, 1.0) == pytest.approx(0.1)
+    assert b.lr(50, 1.0) == pytest.approx(0.05 + 0.95 * 0.5, rel=1e-6)
+    assert not b.done(99) and b.done(100)
+    t = Budget(0.001, None)  # 60 ms
+    time.sleep(0.08)
+    assert t.done(0) and t.lr(1000, 1.0) == pytest.approx(0.05)
+
+
+def test_crop_sampler_is_seeded_and_in_bounds() -> None:
+    imgs = [torch.randint(0, 255, (3, 40, 50), dtype=torch.uint8), torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)]
+    a, b = CropSampler(imgs, 32, seed=3)(8), CropSampler(imgs, 32, seed=3)(8)
+    assert torch.equal(a, b) and a.shape == (8, 3, 32, 32) and a.dtype == torch.float32
+    assert 0 <= a.min() and a.max() <= 1
