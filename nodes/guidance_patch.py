@@ -402,6 +402,9 @@ class _PostCFG(_Hook):
         fmt = state.latent_format
         z = state.run.step(fmt.process_out(denoised), i, n)
         state.after_call()
+        rec = state.run.records[-1]
+        if not (rec.guided or rec.regularised or rec.refined):
+            return denoised  # nothing scheduled at this step: keep ComfyUI's tensor bit for bit
         return fmt.process_in(z).to(denoised.dtype)
 
 

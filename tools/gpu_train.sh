@@ -39,6 +39,7 @@ say "data=$data out=$out work=$work ae=${ae_min}min unet=${unet_min}min total<=$
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" -c "import torch, numpy, PIL, safetensors; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 2
 
+pyflags=""
 # The prior's training needs only part of indigo_core; if the package's top level cannot import
 # here (an optional dependency of another part missing), run it through a view whose top-level
 # __init__ is empty.
@@ -50,7 +51,8 @@ if ! "$py" -c "import indigo_core.prior.train" 2>"$work/import.err"; then
     [ "$(basename "$entry")" = "__init__.py" ] || ln -s "$(pwd)/$entry" "$view/indigo_core/"
   done
   export PYTHONPATH="$view${PYTHONPATH:+:$PYTHONPATH}"
-  "$py" -c "import indigo_core.prior.train" || { say "cannot import indigo_core.prior.train"; exit 2; }
+  pyflags="-P"  # keep the working directory (the real package) off sys.path
+  "$py" $pyflags -c "import indigo_core.prior.train" || { say "cannot import indigo_core.prior.train"; exit 2; }
   say "using the package view $view"
 fi
 
@@ -58,7 +60,7 @@ ae_dir="$work/ae"; unet_dir="$work/unet"
 # After the AE loop: its export, the UNet set-up (~0.4 min), the UNet loop and its export (~0.5 min).
 ae_budget=$(min_of "$ae_min" "$(left_min 4.4)")
 say "autoencoder: ${ae_budget} min"
-timeout $(( ${ae_budget%.*} * 60 + 240 )) "$py" -m indigo_core.prior.train autoencoder \
+timeout $(( ${ae_budget%.*} * 60 + 240 )) "$py" $pyflags -m indigo_core.prior.train autoencoder \
   --data "$data/train" --val-data "$data/val" --out "$ae_dir" --overwrite \
   --max-minutes "$ae_budget" --val-minutes 0.5 --ckpt-minutes 100 --log-every 100 ${AE_ARGS:-}
 rc=$?
@@ -67,7 +69,7 @@ cp "$ae_dir"/indigo-prior-vae.safetensors "$ae_dir"/indigo-prior-vae.card.json "
 
 unet_budget=$(min_of "$unet_min" "$(left_min 0.6)")
 say "unet: ${unet_budget} min"
-timeout $(( ${unet_budget%.*} * 60 + 180 )) "$py" -m indigo_core.prior.train unet \
+timeout $(( ${unet_budget%.*} * 60 + 180 )) "$py" $pyflags -m indigo_core.prior.train unet \
   --data "$data/train" --val-data "$data/val" --out "$unet_dir" --overwrite \
   --autoencoder "$ae_dir/indigo-prior-vae.safetensors" \
   --max-minutes "$unet_budget" --val-minutes 0.5 --ckpt-minutes 100 --log-every 200 ${UNET_ARGS:-}

@@ -16,6 +16,6 @@ from .resize import RESIZE_MODES, downsample, resize_to
 __all__ = [
     "degrade", "DegradationParams", "DegradationRanges", "PRESETS", "preset", "TRAINING_RANGES",
     "sample_params", "JPEG_MODES", "RESIZE_MODES", "gaussian_kernel", "isotropic_gaussian_kernel",
-    "anisotropic_gaussian_kernel", "gaussian_kernel_1d", "default_kernel_size", "blur", "blur_separable", "downsample", "resize_to",
-    "gaussian_noise", "add_gaussian_noise", "jpeg_real", "jpeg_differentiable", "encode_jpeg",
+    "anisotropic_gaussian_kernel", "gaussian_kernel_1d", "default_kernel_size", "blur", "blur_separable",
+    "downsample", "resize_to", "gaussian_noise", "add_gaussian_noise", "jpeg_real", "jpeg_differentiable", "encode_jpeg",
 ]

@@ -23,7 +23,7 @@ import torch
 from ..errors import ConfigError, DatasetError, IndigoError
 from .distributed import DistContext, init_distributed
 from .folders import list_images, load_image, match_folders
-from .report import METRICS, SET_ROW, comparison_grid, markdown_table, write_csv
+from .report import SET_ROW, comparison_grid, markdown_table, write_csv
 
 __all__ = ["EvalOptions", "EvalOutcome", "OutputExistsError", "RestoreCommandError", "evaluate", "rebuild_table",
            "ALL_METRICS", "OUTPUT_FILES"]
@@ -232,24 +232,38 @@ def _evaluate(opts: EvalOptions, ctx: DistContext, fid_extractor) -> EvalOutcome
     from tqdm import tqdm
 
     rows, feats = [], {m: {} for m in ["__gt__"] + methods}
-    for name in tqdm(ctx.shard(names), desc=f"eval {opts.level}", disable=not ctx.is_main, unit="img"):
-        gt = load_image(gt_files[name])
-        f = metrics.features(gt)
-        if f is not None:
-            feats["__gt__"][name] = f
-        for m in methods:
-            res = load_image(res_files[m][name])
-            rows.append({"level": opts.level, "method": m, "file": res_files[m][name].name, "_name": name,
-                         **metrics.row(gt, res)})
-            f = metrics.features(res)
+    local_error: Exception | None = None
+    try:
+        for name in tqdm(ctx.shard(names), desc=f"eval {opts.level}", disable=not ctx.is_main, unit="img"):
+            gt = load_image(gt_files[name])
+            f = metrics.features(gt)
             if f is not None:
-                feats[m][name] = f
-    gathered = ctx.gather((rows, feats))
+                feats["__gt__"][name] = f
+            for m in methods:
+                res = load_image(res_files[m][name])
+                try:
+                    row = metrics.row(gt, res)
+                except IndigoError as exc:
+                    raise DatasetError(f"{res_files[m][name]}: {exc}") from exc
+                rows.append({"level": opts.level, "method": m, "file": res_files[m][name].name, "_name": name, **row})
+                f = metrics.features(res)
+                if f is not None:
+                    feats[m][name] = f
+    except IndigoError as exc:
+        local_error = exc
+    # a failure on any rank stops every rank (instead of leaving the others waiting in a collective)
+    gathered = ctx.gather((rows, feats, None if local_error is None else f"{type(local_error).__name__}: {local_error}"))
+    failure = next((g[2] for g in gathered if g[2] is not None), None) if ctx.is_main else None
+    failure = ctx.broadcast(failure)
+    if local_error is not None:
+        raise local_error
+    if failure is not None:
+        raise IndigoError(f"another rank failed: {failure}")
     if not ctx.is_main:
         ctx.barrier()
         return None
     all_rows, all_feats = [], {k: {} for k in feats}
-    for part_rows, part_feats in gathered:
+    for part_rows, part_feats, _ in gathered:
         all_rows += part_rows
         for k, v in part_feats.items():
             all_feats[k].update(v)

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError, InputValueError

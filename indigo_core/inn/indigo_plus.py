@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..errors import WeightsFileError
 from ..io.safe_pickle import extract_state_dict, safe_load
-from ..io.weights import load_state_strict
+from ..io.weights import check_state_dict
 from .config import INNConfig
 from .network import WaveletINN
 
@@ -55,30 +55,34 @@ def from_indigo_plus_key(key: str) -> Optional[str]:
     return f"lifts.0.{k}.{'predict' if role == 'p' else 'update'}.{rest}"
 
 
-def convert_indigo_plus_state_dict(state: Mapping[str, Tensor], path: PathLike = "<state dict>") -> dict[str, Tensor]:
-    """Rename an INDIGO+ RWNN state dict to our keys. Keys outside the INN layout raise
-    WeightsFileError (strict matching); a DataParallel "module." prefix is removed first."""
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+def _strip_module_prefix(state: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def convert_indigo_plus_state_dict(state: Mapping[str, Tensor], path: PathLike = "<state dict>",
+                                   reference: Optional[WaveletINN] = None) -> dict[str, Tensor]:
+    """Check an INDIGO+ RWNN state dict against the layout (strict: missing, unexpected and
+    mis-shaped keys raise WeightsFileError, named as in the file) and rename it to our keys."""
+    state = _strip_module_prefix(state)
+    reference = reference if reference is not None else indigo_plus_inn()
+    expected = {to_indigo_plus_key(k): tuple(v.shape) for k, v in reference.state_dict().items()}
+    check_state_dict(path, expected, state)
     out: dict[str, Tensor] = {}
-    foreign = []
     for key, value in state.items():
         ours = from_indigo_plus_key(key)
-        if ours is None:
-            foreign.append(key)
-        else:
-            out[ours] = value
-    if foreign:
-        more = f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else ""
-        raise WeightsFileError(path, f"{len(foreign)} unexpected key(s) for the INDIGO+ layout: {', '.join(foreign[:5])}{more}")
+        if ours is None:  # pragma: no cover - check_state_dict refused it already
+            raise WeightsFileError(path, f"unexpected key {key!r}")
+        out[ours] = value
     return out
 
 
 def load_indigo_plus_state_dict(state: Mapping[str, Tensor], path: PathLike = "<state dict>") -> WaveletINN:
     """An eval-mode "indigo-plus" WaveletINN holding `state` (INDIGO+ keys), strict key matching."""
     inn = indigo_plus_inn()
-    ours = convert_indigo_plus_state_dict(state, path)
-    load_state_strict(path, inn, ours)
+    ours = convert_indigo_plus_state_dict(state, path, reference=inn)
+    inn.load_state_dict(ours, strict=True)
     return inn.eval()
 
 

@@ -123,15 +123,20 @@ def read_weights_file(path: PathLike, expected_format: str) -> tuple[dict[str, T
     return tensors, metadata
 
 
-def check_state_dict(path: PathLike, model: nn.Module, tensors: Mapping[str, Tensor]) -> None:
-    """Raise WeightsFileError listing missing, unexpected and mis-shaped tensors vs `model`."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def check_state_dict(
+    path: PathLike, expected: Union[nn.Module, Mapping[str, tuple[int, ...]]], tensors: Mapping[str, Tensor]
+) -> None:
+    """Raise WeightsFileError listing missing, unexpected and mis-shaped tensors.
+
+    expected: a module (its state dict) or a mapping {key: shape}."""
+    if isinstance(expected, nn.Module):
+        expected = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     misshaped = sorted(
-        f"{k}: file {tuple(tensors[k].shape)}, config {expected[k]}"
+        f"{k}: file {tuple(tensors[k].shape)}, expected {tuple(expected[k])}"
         for k in set(expected) & set(tensors)
-        if tuple(tensors[k].shape) != expected[k]
+        if tuple(tensors[k].shape) != tuple(expected[k])
     )
     problems = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):

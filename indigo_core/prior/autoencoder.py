@@ -93,8 +93,8 @@ class AutoencoderConfig:
             "attn_resolutions": list(self.attn_resolutions), "dropout": self.dropout}}}
 
 
-#: "sd": Stable Diffusion's own VAE (83.7 M parameters). "small": the pack's bundled prior, SD's
-#: blocks at half width in the first two levels and a quarter in the last two (5.6 M parameters).
+#: "sd": Stable Diffusion's own VAE (83.7 M parameters). "small": the bundled prior's, SD's blocks
+#: with widths 64, 64, 128, 128 instead of 128, 256, 512, 512 (5.6 M parameters). "tiny": tests.
 PRESETS = {
     "sd": AutoencoderConfig(),
     "small": AutoencoderConfig(ch=64, ch_mult=(1, 1, 2, 2)),

@@ -33,6 +33,14 @@ class DiscreteSchedule:
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         self.sigmas = ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
         self.num_timesteps = int(self.betas.shape[0])
+        self._on_device: dict = {}
+
+    def _alphas_cumprod_on(self, device: torch.device) -> Tensor:
+        # One copy per device: moving the table on every training step would stall the GPU queue.
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device[key] = self.alphas_cumprod.to(device)
+        return self._on_device[key]
 
     def to_dict(self) -> dict:
         return {"beta_schedule": "scaled_linear", "linear_start": LINEAR_START, "linear_end": LINEAR_END,
@@ -40,7 +48,7 @@ class DiscreteSchedule:
 
     def add_noise(self, z0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(alpha_bar_t) z0 + sqrt(1 - alpha_bar_t) noise; t (B,) integer."""
-        ab = self.alphas_cumprod.to(z0.device)[t].to(z0.dtype).view(-1, 1, 1, 1)
+        ab = self._alphas_cumprod_on(z0.device)[t].to(z0.dtype).view(-1, 1, 1, 1)
         return ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise
 
     def timestep(self, sigma: Tensor) -> Tensor:

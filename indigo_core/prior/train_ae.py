@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from ..metrics import psnr, ssim
 from .autoencoder import PRESETS, AutoencoderConfig, AutoencoderKL, count_parameters, latent_rgb_factors
 from .data import CropSampler, center_crop, load_images, save_grid, to_float, write_json
@@ -40,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
     p.add_argument("--ssim-weight", type=float, default=0.2)
     p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--init", default=None, help="start from the weights of an exported autoencoder file "
+                   "(fresh optimizer; e.g. to continue a GPU run on another machine)")
     p.add_argument("--stats-crops", type=int, default=256,
                    help="training crops encoded to measure the latent statistics (default 256)")
 
@@ -84,9 +87,14 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
 
     cfg: AutoencoderConfig = PRESETS[args.preset]
     ae = AutoencoderKL(cfg).to(device)
-    if device.type == "cuda":
-        ae = ae.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if args.init:
+        init = load_autoencoder(args.init, map_location=device)
+        if init.cfg != cfg:
+            raise ConfigError(f"--init {args.init}: its architecture {init.cfg.to_dict()} is not preset {args.preset!r}")
+        ae.load_state_dict(init.state_dict())
+        log.info("initialised from %s", args.init)
+    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0,
+                            fused=device.type == "cuda")
     step = 0
     if args.resume:
         ck = load_checkpoint(Path(args.resume), device)
@@ -110,8 +118,6 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         x = sampler(args.batch_size)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, args.amp):
             mean, logvar = ae.moments(x * 2.0 - 1.0)
             z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
@@ -150,7 +156,6 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
             save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step)
     train_seconds = budget.elapsed()
     save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step)
-    ae.to(memory_format=torch.contiguous_format)
 
     # Fold the latent statistics into the 1x1 convs: SD1's 0.18215 then gives unit variance.
     mean_c, std_c = latent_stats(ae, sampler, args.stats_crops)
@@ -181,7 +186,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         "data": {"train_images": len(images), "val_images": len(val_images), "split": split,
                  "augmentation": f"random {args.crop}x{args.crop} crops (area-weighted image choice), horizontal flips",
                  "small_images": f"shorter sides below {args.crop} upscaled (bicubic) to {args.crop}"},
-        "training": {"steps": step, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
+        "training": {"steps": step, "init": args.init, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
                      "optimizer": "AdamW(0.9, 0.99), grad-norm clip 1, warm-up then cosine over the time budget",
                      "loss": f"L1 + {args.ssim_weight} (1 - SSIM) + {args.kl_weight} KL/(3HW); z sampled from the posterior",
                      "amp": "bf16" if (args.amp and device.type == "cuda") else "float32",

@@ -24,7 +24,8 @@ from .schedule import DiscreteSchedule, euler_sample
 from .trainutil import (EMA, Budget, CsvLog, autocast, check_out_dir, command_line, hardware, load_checkpoint,
                         log, now_utc, pick_device, save_checkpoint, setup_torch, sha256)
 from .unet import EpsUNet, NullContext, UNetConfig
-from .weights import load_autoencoder, read_latent_format, save_unet
+from ..errors import ConfigError
+from .weights import load_autoencoder, load_unet, read_latent_format, save_unet
 
 UNET_FILE = "indigo-prior-unet.safetensors"
 UNET_CARD = "indigo-prior-unet.card.json"
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--scales", default="1,0.75,0.5", help="photo scales encoded for the latent bank")
     p.add_argument("--no-mirror", action="store_true", help="do not also encode mirrored photos")
+    p.add_argument("--init", default=None, help="start from the weights of an exported UNet file (fresh optimizer)")
     p.add_argument("--samples", type=int, default=16, help="samples in the final grid (default 16)")
     p.add_argument("--sample-steps", type=int, default=30)
 
@@ -114,8 +116,16 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     cfg: UNetConfig = PRESETS[args.preset]
     unet = EpsUNet(cfg).to(device)
     ctx = NullContext(cfg.context_tokens, cfg.context_dim).to(device)
+    if args.init:
+        init, init_ctx, _ = load_unet(args.init, map_location=device)
+        if init.cfg != cfg:
+            raise ConfigError(f"--init {args.init}: its architecture {init.cfg.to_dict()} is not preset {args.preset!r}")
+        unet.load_state_dict(init.state_dict())
+        with torch.no_grad():
+            ctx.context.copy_(init_ctx)
+        log.info("initialised from %s", args.init)
     params = list(unet.parameters()) + list(ctx.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=device.type == "cuda")
     step = 0
     if args.resume:
         ck = load_checkpoint(Path(args.resume), device)
@@ -186,8 +196,6 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     ae_info = {"file": ae_path.name, "sha256": sha256(ae_path), "scale_factor": scale_factor}
     save_unet(model, context, out_file, dtype=torch.float16, overwrite=True,
               extra_metadata={"autoencoder": ae_info})
-    from .weights import load_unet
-
     exported, exp_ctx, _ = load_unet(out_file, map_location=device)
     val_mse = eps_mse(exported, exp_ctx, val_lat, schedule)
     g = torch.Generator().manual_seed(args.seed)
@@ -210,7 +218,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
                                  "channel_std": [round(v, 4) for v in flat.std(1).tolist()],
                                  "channel_mean": [round(v, 4) for v in flat.mean(1).tolist()]},
                  "crops": f"random {args.latent_size}x{args.latent_size} latent crops ({crop_px} px)"},
-        "training": {"steps": step, "batch_size": args.batch_size, "peak_lr": args.lr, "ema_decay": args.ema_decay,
+        "training": {"steps": step, "init": args.init, "batch_size": args.batch_size, "peak_lr": args.lr, "ema_decay": args.ema_decay,
                      "optimizer": "AdamW(0.9, 0.99), grad-norm clip 1, warm-up then cosine over the time budget",
                      "amp": "bf16" if (args.amp and device.type == "cuda") else "float32",
                      "duration_s": round(train_seconds, 1), "max_minutes": args.max_minutes, "seed": args.seed,

@@ -321,6 +321,10 @@ class LatentINNTask(Task):
         n = float(sums[-1])
         return {k: float(s) / n for k, s in zip(self.val_names, sums[:-1])}
 
+    def has_unused_parameters(self) -> bool:
+        # Without an estimator gamma is None and the MRSTBs' channel-scale layers are not used.
+        return self.args.estimator is None
+
     def export(self, model: nn.Module, out: Path, name: str, card: dict, overwrite: bool) -> list[Path]:
         return [save_inn_export(model.inn, out / f"{name}.safetensors", card, overwrite)]
 

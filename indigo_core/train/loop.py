@@ -187,6 +187,10 @@ class Task:
     val_names: tuple[str, ...] = ()  # metric names returned by validate()
     loader_workers: Optional[int] = None  # fixed DataLoader workers (e.g. 0 for in-memory data)
 
+    def has_unused_parameters(self) -> bool:
+        """True when some trainable parameters get no gradient (DDP must then look for them)."""
+        return False
+
     def setup(self, info: DistInfo, amp: Optional[torch.dtype], out: Path) -> None:
         """Load frozen models, build data (may use collectives, e.g. to share a latent cache)."""
 
@@ -489,8 +493,6 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
             log.info("resuming from %s at step %d", resume_path, step)
 
     if info.initialised:
-        # find_unused_parameters: the degradation-scale layers get no gradient when no estimator
-        # embedding is given; it costs one graph traversal per step, negligible here.
         # Buffers (wavelet filters, attention masks) are identical constants on every rank: no
         # per-step buffer sync (the argument's name changed in torch 2.14).
         import inspect
@@ -499,7 +501,7 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
                 inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters else "broadcast_buffers")
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=True, **{sync: False})
+            find_unused_parameters=task.has_unused_parameters(), **{sync: False})
 
     global_batch = opts.batch_size * info.world
     train_cols = ["step", "samples", "lr", *task.loss_names, "samples_per_s", "elapsed_s"]

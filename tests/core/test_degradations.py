@@ -12,10 +12,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from indigo_core.degradations import (PRESETS, TRAINING_RANGES, DegradationParams, DegradationRanges, blur,
-                                      blur_separable, default_kernel_size, degrade, downsample, encode_jpeg,
-                                      gaussian_kernel, gaussian_kernel_1d, gaussian_noise, jpeg_differentiable,
-                                      jpeg_real, preset, resize_to, sample_params)
+from indigo_core.degradations import (
+    PRESETS,
+    TRAINING_RANGES,
+    DegradationParams,
+    DegradationRanges,
+    blur,
+    blur_separable,
+    default_kernel_size,
+    degrade,
+    downsample,
+    encode_jpeg,
+    gaussian_kernel,
+    gaussian_kernel_1d,
+    gaussian_noise,
+    jpeg_differentiable,
+    jpeg_real,
+    preset,
+    resize_to,
+    sample_params,
+)
 from indigo_core.errors import ConfigError, InputValueError, ShapeError
 
 PAPER_LEVELS = {"mild": (4.0, 15.0, 70), "medium": (6.0, 25.0, 50), "severe": (8.0, 35.0, 30)}

@@ -118,7 +118,7 @@ def test_fid_is_computed_when_a_feature_net_is_given(folders, tmp_path):
     assert "not available: 4 images < 10" in res.table
 
 
-def test_bad_folders_get_clear_errors(folders, tmp_path, capsys):
+def test_bad_folders_get_clear_errors(folders, tmp_path, capsys, metrics_weights_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match=r"ground-truth folder .*empty.*: empty"):
@@ -127,7 +127,8 @@ def test_bad_folders_get_clear_errors(folders, tmp_path, capsys):
     renamed.mkdir()
     for i in range(4):
         (renamed / (f"img{i}.png" if i else "other.png")).write_bytes((folders / "blur" / f"img{i}.png").read_bytes())
-    with pytest.raises(DatasetError, match=r"missing 1 ground-truth names: img0; 1 names not among the ground truths: other"):
+    with pytest.raises(DatasetError, match=r"missing 1 ground-truth names: img0; 1 names not among the ground "
+                                           r"truths: other"):
         evaluate(_opts(folders, tmp_path / "o", results={"r": renamed}, metrics=("psnr",)))
     small = tmp_path / "small"
     small.mkdir()
@@ -140,6 +141,13 @@ def test_bad_folders_get_clear_errors(folders, tmp_path, capsys):
         evaluate(_opts(folders, tmp_path / "o", results={"x": tmp_path / "nope"}, metrics=("psnr",)))
     with pytest.raises(ConfigError, match="metrics"):
         evaluate(_opts(folders, tmp_path / "o", metrics=("psnr", "niqe")))
+    tiny_gt, tiny_res = tmp_path / "tiny_gt", tmp_path / "tiny_res"
+    for d in (tiny_gt, tiny_res):
+        d.mkdir()
+        Image.new("RGB", (20, 20), (90, 120, 150)).save(d / "t.png")
+    with pytest.raises(DatasetError, match=r"tiny_res/t.png: LPIPS-alex: expected H, W >= 31, got 20x20"):
+        evaluate(_opts(folders, tmp_path / "o", gt=tiny_gt, results={"t": tiny_res}, metrics=("lpips",),
+                       weights_dir=metrics_weights_dir))
     # the CLI turns them into a message and exit status 2
     rc = eval_main(["--gt", str(empty), "--results", f"a={folders / 'blur'}", "--out", str(tmp_path / "o")])
     assert rc == 2 and "empty" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from indigo_core.errors import ConfigError, DomainError, InputValueError, ShapeE
 from indigo_core.guidance import (GuidanceRun, GuidanceSettings, LinearTestAutoencoder, RefineSettings, Schedule,
                                   rms_per_item, sobel_magnitude, upsample_measurement)
 
-from _guidance_toy import (GaussianPrior, karras_sigmas, latent_small_inn, linear_sigmas, params_hash,
+from _guidance_toy import (GaussianPrior, karras_sigmas, linear_sigmas, params_hash,
                            pixel_small_inn, sample, tiny_latent_inn)
 
 
@@ -344,7 +344,18 @@ def test_validation_errors_name_expected_and_got():
     ae16 = LinearTestAutoencoder(16, 8)
     with pytest.raises(DomainError, match="expected 16 channels.*got a 4-channel INN"):
         GuidanceRun(GuidanceSettings(), measurement=y16, latent_shape=(1, 16, 8, 8), autoencoder=ae16, inn=linn)
-    run = make()
+    # a precomputed z_y of the wrong size
+    with pytest.raises(ShapeError, match=r"measurement_latent: expected \(1 or 1, 4, 8, 8\), got \(1, 4, 4, 4\)"):
+        GuidanceRun(GuidanceSettings(), measurement=y16, latent_shape=(1, 4, 8, 8), autoencoder=AE, inn=linn,
+                    measurement_latent=torch.zeros(1, 4, 4, 4))
+    # an autoencoder whose weights autograd cannot use (loaded under inference mode)
+    with torch.inference_mode():
+        ae_inf = LinearTestAutoencoder(4, 8)
+    with pytest.raises(ConfigError, match="autoencoder: expected weights usable by autograd.*inference"):
+        make(autoencoder=ae_inf)
+    make(settings=GuidanceSettings(), inn=linn, autoencoder=ae_inf)  # LatentINN needs no gradient: fine
+    run = make(cuda_graphs=True)
+    assert not run._use_graphs and not run._use_objective_graphs  # CPU: CUDA graphs never apply
     with pytest.raises(ShapeError, match=r"expected \(1, 4, 8, 8\).*got \(1, 4, 8, 9\)"):
         run.step(torch.randn(1, 4, 8, 9), 0, 4)
 

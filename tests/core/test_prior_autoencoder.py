@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from indigo_core.errors import ConfigError, ShapeError, WeightsFileError
+from indigo_core.guidance.autoencoder import Autoencoder
 from indigo_core.prior.autoencoder import (PRESETS, AutoencoderConfig, AutoencoderKL, count_parameters,
                                            diffusers_to_ldm, infer_config, latent_rgb_factors, strip_prefixes)
 from indigo_core.prior.weights import (AE_FORMAT, load_autoencoder, read_latent_format, save_autoencoder)
@@ -50,6 +51,7 @@ def test_geometry_and_protocol(tiny_ae: AutoencoderKL) -> None:
     z = tiny_ae.encode(x)
     assert z.shape == (2, 4, 6, 5)
     assert tiny_ae.latent_channels == 4 and tiny_ae.downscale == 8
+    assert isinstance(tiny_ae, Autoencoder)  # the guidance's protocol
     y = tiny_ae.decode(z)
     assert y.shape == x.shape
     assert tiny_ae.decode(z, clamp=True).min() >= 0 and tiny_ae.decode(z, clamp=True).max() <= 1

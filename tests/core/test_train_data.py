@@ -107,3 +107,16 @@ def test_step_batches_split_the_global_batch_across_ranks():
     assert one == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     assert [a + b for a, b in zip(r0, r1)] == one
     assert list(StepBatchSampler(4, 0, 1, start_step=2, total_steps=3)) == [[8, 9, 10, 11]]
+
+
+def test_cli_stops_with_status_2_and_a_clear_message_on_a_bad_folder(tmp_path, caplog):
+    from indigo_core.train import main
+
+    (tmp_path / "empty").mkdir()
+    n = torch.get_num_threads()
+    with caplog.at_level(logging.ERROR):
+        rc = main(["pixel-inn", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--no-progress"])
+    torch.set_num_threads(n)
+    assert rc == 2
+    assert "DatasetError" in caplog.text and "holds no images" in caplog.text
+    assert not (tmp_path / "out").exists()

@@ -8,15 +8,16 @@ import json
 import pytest
 import torch
 
-from _train_helpers import QUIET, halving_ratio, losses, make_crops
+from _train_helpers import QUIET, TINY_INN, halving_ratio, losses, make_crops
 from indigo_core.train import run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
+def _one_thread():
     n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the runs use --threads 1 too: polite on a shared CPU, and faster there
     yield
     torch.set_num_threads(n)
 
@@ -49,3 +50,12 @@ def test_teacher_then_student_and_export(tmp_path):
     assert card["stage"] == "student" and card["distillation"]["temperature"] == 0.15
     assert card["teacher_card"]["steps"] == 50
     assert set(card["metrics"]) >= {"kl", "gamma_cos", "noise_mae", "jpeg_mae"}
+
+    # The exported student conditions a PixelINN run (gamma = F(y) feeds the MRSTB channel scales).
+    inn_out = tmp_path / "inn"
+    done = run(["pixel-inn", "--data", str(crops), "--val-count", "2", "--out", str(inn_out), "--crop", "32",
+                "--batch-size", "2", "--steps", "2", "--val-every", "0", "--estimator", str(out / "estimator.safetensors"),
+                *TINY_INN, *QUIET])
+    assert done["step"] == 2
+    inn_card = json.loads((inn_out / "pixel_inn.card.json").read_text())
+    assert inn_card["estimator"] == str(out / "estimator.safetensors")

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
+def _one_thread():
     n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the runs use --threads 1 too: polite on a shared CPU, and faster there
     yield
     torch.set_num_threads(n)
 

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -70,15 +71,14 @@ class Scene:
     y: torch.Tensor  # (1,3,h,w) measurement in [0,1]
     positive: Any
     negative: Any
+    guidance: Any  # the pack's indigo_core.guidance module
 
     def latent(self, batch: int = 1) -> dict:
         return {"samples": torch.zeros(batch, 4, self.latent_hw, self.latent_hw)}
 
     def measurement_latent(self) -> torch.Tensor:
         """z_y = E(up(y)) at the INN's coarse size (what the LatentINN guidance matches)."""
-        from importlib import import_module
-
-        g = import_module(self.inn.__class__.__module__.rsplit(".inn.", 1)[0] + ".guidance")
+        g = self.guidance
         hc, wc = self.inn.config.coarse_shape(self.latent_hw, self.latent_hw)
         d = self.ae.downscale
         with torch.no_grad():
@@ -120,7 +120,8 @@ def make_scene(host, domain: str, latent_hw: int, split: str | None = None, seed
             y = inn(x_star)[0].clamp(0, 1)
         else:
             y = F.interpolate(x_star, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
-    return Scene(model, vae, ae, inn, latent_hw, z_star, x_star, y.contiguous(), pos, neg)
+    return Scene(model, vae, ae, inn, latent_hw, z_star, x_star, y.contiguous(), pos, neg,
+                 host.module("indigo_core.guidance"))
 
 
 def apply_guidance(host, scene: Scene, measurement: torch.Tensor | None = None, model=None, **widgets):
@@ -155,3 +156,13 @@ def guided_ksampler(host, scene: Scene, measurement: torch.Tensor | None = None,
         steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise,
         vae=w.pop("vae", scene.vae), inn=w.pop("inn", scene.inn), measurement=to_image(y),
         start_from_measurement=start_from_measurement, colour_fix=colour_fix, **w)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster than
+    two threads spinning against other processes. Restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
