@@ -30,6 +30,7 @@ NODE_SPECS: tuple[tuple[str, str], ...] = (
     ("inn_refine", "INNRefine"),
     ("regulariser", "Regulariser"),
     ("synthetic_degradation", "SyntheticDegradation"),
+    ("compare_images", "CompareImages"),
 )
 
 
@@ -52,8 +53,22 @@ def node_list() -> list[type[io.ComfyNode]]:
     return nodes
 
 
+def register_routes() -> None:
+    """The frontend extension's small HTTP routes (nodes/routes.py); a failure there costs only
+    the extension's pre-run badges and size warnings, never the nodes."""
+    try:
+        from . import routes
+
+        routes.register()
+    except Exception:  # the nodes must load even if the web part cannot
+        log.exception("comfyui-indigo: the frontend routes could not be registered")
+
+
 class IndigoExtension(ComfyExtension):
     """The pack as ComfyUI's V3 loader sees it."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # ComfyUI 0.3.75 never calls ComfyExtension.on_load: routes are added here, while custom
+        # nodes load and before the server adds its routes.
+        register_routes()
         return node_list()

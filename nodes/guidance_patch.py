@@ -425,7 +425,10 @@ class _PredictNoise(_Hook):
             try:
                 if torch.is_grad_enabled():
                     state.denoiser_for_grad()
-                return fmt.process_out(executor(fmt.process_in(z_t), timestep, model_options, seed))
+                # The sampler's sigmas are inference tensors under the server; autograd cannot save
+                # them, so the differentiable call gets a normal copy (also as transformer "sigmas").
+                t = timestep.clone()
+                return fmt.process_out(executor(fmt.process_in(z_t), t, model_options, seed))
             finally:
                 state.in_zt = False
 

@@ -42,6 +42,7 @@ __all__ = [
     "intermediate_device",
     "soft_empty_cache",
     "send_event",
+    "add_json_route",
     "WrappersMP",
     "SAMPLER_NAMES",
     "SCHEDULER_NAMES",
@@ -128,6 +129,28 @@ def send_event(event: str, data: dict) -> None:
     instance = getattr(server.PromptServer, "instance", None)
     if instance is not None:
         instance.send_sync(event, data)
+
+
+def add_json_route(path: str, handler) -> bool:
+    """Serve ``GET <path>`` (and ``GET /api<path>``) from ComfyUI's web server with ``handler``.
+
+    ``handler(query: dict[str, str]) -> (http_status, json_payload)`` is plain Python: the web
+    framework stays in this module. Call it while ComfyUI loads custom nodes (before the server
+    adds its routes). Returns False when ComfyUI runs without its web server (in-process use).
+    """
+    import server
+
+    instance = getattr(server.PromptServer, "instance", None)
+    if instance is None:
+        return False
+    from aiohttp import web  # ComfyUI's web framework
+
+    async def endpoint(request):
+        status, payload = handler(dict(request.rel_url.query))
+        return web.json_response(payload, status=status)
+
+    instance.routes.get(path)(endpoint)
+    return True
 
 
 # ---------------------------------------------------------------- sampling (guidance nodes)

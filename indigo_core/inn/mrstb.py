@@ -6,10 +6,36 @@ scale computed from the degradation embedding gamma (B,emb_dim). gamma None mean
 
 from __future__ import annotations
 
-from typing import Optional
+from collections import OrderedDict
+from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 from timm.models.swin_transformer import SwinTransformerBlock
+
+_MASK_CACHE: "OrderedDict[tuple[Any, ...], Optional[Tensor]]" = OrderedDict()
+_MASK_CACHE_SIZE = 8
+
+
+class SwinLayer(SwinTransformerBlock):
+    """timm's Swin layer whose shifted-window attention mask is built once per (padded size,
+    window, shift, device, dtype, inference mode) and shared by all layers, instead of on every
+    call (timm's dynamic_mask rebuilds it each forward: ~15 small kernels per shifted layer)."""
+
+    def get_attn_mask(self, x: Optional[Tensor] = None, device: Any = None, dtype: Any = None) -> Optional[Tensor]:
+        if x is None:
+            return super().get_attn_mask(x, device=device, dtype=dtype)
+        key = (x.shape[1], x.shape[2], self.window_size, self.shift_size, x.device, x.dtype,
+               torch.is_inference_mode_enabled())
+        if key in _MASK_CACHE:
+            _MASK_CACHE.move_to_end(key)
+            return _MASK_CACHE[key]
+        with torch.no_grad():
+            mask = super().get_attn_mask(x)
+        _MASK_CACHE[key] = mask
+        while len(_MASK_CACHE) > _MASK_CACHE_SIZE:
+            _MASK_CACHE.popitem(last=False)
+        return mask
 
 
 def make_channel_scale(emb_dim: int, hidden: int, mod_hidden: int) -> nn.Module:
@@ -30,7 +56,7 @@ class MRSTB(nn.Module):
                  emb_dim: int, mod_hidden: int = 0) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            SwinTransformerBlock(
+            SwinLayer(
                 dim=hidden,
                 input_resolution=(window, window),
                 num_heads=heads,

@@ -16,6 +16,7 @@ with a WeightsFileError.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from ..errors import UnsafePickleError, WeightsFileError
 
-PathLike = Union[str, "os.PathLike[str]"]  # noqa: F821
+PathLike = Union[str, "os.PathLike[str]"]
 
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "FloatStorage": torch.float32,

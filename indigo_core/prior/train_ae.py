@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
     p.add_argument("--ssim-weight", type=float, default=0.2)
     p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--init-logvar", type=float, default=-8.0,
+                   help="initial posterior log-variance (default -8: std 0.018). At 0, as in a default "
+                        "init, the decoder starts from latents drowned in unit noise and short runs stay blurry")
     p.add_argument("--init", default=None, help="start from the weights of an exported autoencoder file "
                    "(fresh optimizer; e.g. to continue a GPU run on another machine)")
     p.add_argument("--stats-crops", type=int, default=256,
@@ -87,6 +90,9 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
 
     cfg: AutoencoderConfig = PRESETS[args.preset]
     ae = AutoencoderKL(cfg).to(device)
+    with torch.no_grad():
+        ae.quant_conv.weight[cfg.embed_dim:].zero_()
+        ae.quant_conv.bias[cfg.embed_dim:].fill_(args.init_logvar)
     if args.init:
         init = load_autoencoder(args.init, map_location=device)
         if init.cfg != cfg:

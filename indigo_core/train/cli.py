@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..errors import IndigoError
-from .loop import AMP_MODES, SCHEDULES, LoopOptions, init_distributed, shutdown_distributed, train
+from .loop import AMP_MODES, SCHEDULES, LoopOptions, init_distributed, shutdown_distributed
 
 log = logging.getLogger("indigo_core.train")
 

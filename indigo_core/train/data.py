@@ -426,7 +426,15 @@ def build_image_sets(data: str | Path, crop: int, val_data: Optional[str | Path]
             split = (f"{len(val_files)} of {len(files)} images held out for validation: the first by "
                      f"SHA-1 of the relative path")
     train = ImageFolder(train_files, crop, small, cache, root)
-    val = ImageFolder(val_files, val_crop or crop, small, cache, val_data or root) if val_files else None
+    val = None
+    if val_files:
+        try:
+            val = ImageFolder(val_files, val_crop or crop, small, cache, val_data or root)
+        except DatasetError as exc:
+            if val_data is not None:
+                raise
+            log.warning("no validation: none of the %d held-out images is usable (%s)", len(val_files), exc)
+            split += " (none usable: no validation)"
     return ImageSets(train=train, val=val, root=root, split=split)
 
 

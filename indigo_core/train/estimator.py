@@ -175,7 +175,7 @@ class _EstimatorTaskBase(Task):
                 "degradation": self.degrader.describe(), "data": self.images.fingerprint()}
 
     def base_card(self) -> dict[str, Any]:
-        return {"data": self.images.card(), "crop": self.args.crop, "scale": self.scale,
+        return {"preset": self.args.preset, "data": self.images.card(), "crop": self.args.crop, "scale": self.scale,
                 "degradation": {"train": self.degrader.describe(), "validation": "fixed draws from the "
                                 "training ranges (one seed per validation image)"},
                 "targets": list(PARAM_NAMES)}

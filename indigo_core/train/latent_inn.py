@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,7 +40,7 @@ from .common import (add_inn_arguments, autocast_lift_nets, build_inn, file_fing
 from .data import (STREAM_DEGRADE, STREAM_POOL, STREAM_VAL, Degrader, ImageFolder, _epoch_order,
                    build_image_sets, center_crop, crop_and_flip, generator_for, ranges_from_args, shard)
 from .losses import capped, inn_loss, psnr_per_image, reconstruction_loss
-from .loop import DistInfo, Task
+from .loop import _FILE_MODE, DistInfo, Task
 
 log = logging.getLogger("indigo_core.train")
 
@@ -226,16 +227,19 @@ class LatentINNTask(Task):
                               f"{self.inn.config.channels}; use --inn-set channels={self.vae.latent_channels}")
         d = self.vae.downscale
         if a.crop % d or a.crop % self.scale:
-            raise ConfigError(f"--crop {a.crop} must be a multiple of the VAE's factor {d} and of the scale {self.scale}")
+            raise ConfigError(f"--crop {a.crop} must be a multiple of the VAE's factor {d} "
+                              f"and of the scale {self.scale}")
         self.estimator = load_frozen_estimator(a.estimator, info.device)
-        encoder = _Encoder(self.vae, self.estimator, info.device, amp)
+        # The cached latents are the regression targets: encode them once in float32 (TF32 on CUDA).
+        encoder = _Encoder(self.vae, self.estimator, info.device, None)
 
         key = json.dumps({"vae": file_fingerprint(a.vae), "seed": a.seed, "crop": a.crop, "flips": a.flips,
                           "pool": self.pool_size, "degradation": self.degrader.describe(),
                           "estimator": file_fingerprint(a.estimator), "data": self.images.fingerprint()},
                          sort_keys=True)
         self.cache_key = hashlib.sha1(key.encode()).hexdigest()
-        cache = None if (a.latent_cache or "").lower() == "none" else Path(a.latent_cache or out / "latents.safetensors")
+        cache_arg = a.latent_cache or str(out / "latents.safetensors")
+        cache = None if cache_arg.lower() == "none" else Path(cache_arg)
         self.pool = self._load_cache(cache) if cache is not None else None
         if self.pool is None:
             draw = lambda j: _draw_pool_item(self.images.train, j, a.crop, a.flips, a.seed, self.degrader)  # noqa: E731
@@ -249,6 +253,7 @@ class LatentINNTask(Task):
 
                 write_weights_file(cache, self.pool, {"format": CACHE_FORMAT, "format_version": FORMAT_VERSION,
                                                       "key": self.cache_key, "description": key}, overwrite=True)
+                os.chmod(cache, _FILE_MODE)
             info.barrier()
 
         self.val = None
@@ -348,6 +353,7 @@ class LatentINNTask(Task):
         except WeightsFileError:  # a .ckpt/.pt SD VAE: SD's factor
             latent_format = {"scale_factor": 0.18215, "shift_factor": 0.0}
         return {
+            "preset": a.preset,
             "data": self.images.card(),
             "crop": a.crop,
             "flips": a.flips,

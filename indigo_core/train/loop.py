@@ -15,7 +15,6 @@ the same global batch (up to float summation order). Rank 0 alone logs and write
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -30,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -47,10 +46,6 @@ CHECKPOINT_FORMAT = "indigo-train-checkpoint"
 CHECKPOINT_VERSION = 1
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine")
-# Arguments that may differ between a run and its resumption (they do not change the numbers).
-RESUME_FREE = {"steps", "stop_at", "resume", "overwrite", "workers", "val_every", "log_every",
-               "ckpt_every", "keep_checkpoints", "no_progress", "threads", "device", "cache_images",
-               "latent_cache", "val_data", "val_fraction", "val_count", "val_degradation", "name"}
 
 
 # ---------------------------------------------------------------------- distributed set-up
@@ -472,8 +467,8 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
         saved = ckpt["signature"]
         diff = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
         # A different process count is fine when the global batch is the same.
-        if set(diff) <= {"world", "batch_size"} and saved["world"] * saved["batch_size"] == info.world * opts.batch_size:
-            diff = []
+        if saved.get("world", 1) * saved.get("batch_size", 0) == info.world * opts.batch_size:
+            diff = [k for k in diff if k not in ("world", "batch_size")]
         if diff:
             details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {signature.get(k)!r}" for k in diff[:6])
             raise TrainingError(f"{resume_path}: the run's settings differ from the checkpoint's ({details})")
@@ -487,6 +482,9 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
         step = int(ckpt["step"])
         elapsed_before = float(ckpt["elapsed_s"])
         last_metrics = dict(ckpt.get("metrics", {}))
+        if ckpt.get("total_steps", opts.steps) != opts.steps and opts.schedule != "constant" and info.main:
+            log.warning("--steps changed from %s to %d: the %s schedule's remaining learning rates change",
+                        ckpt.get("total_steps"), opts.steps, opts.schedule)
         if step > opts.steps:
             raise TrainingError(f"{resume_path}: checkpoint is at step {step}, beyond --steps {opts.steps}")
         if info.main:
@@ -511,6 +509,11 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
         train_csv.start(step if resume_path else None)
         val_csv.start(step if resume_path else None)
 
+    acc = torch.zeros(len(task.loss_names), dtype=torch.float64, device=info.device)
+    acc_n, window_steps = 0, 0
+    if resume_path is not None and "log_window" in ckpt:
+        acc.copy_(ckpt["log_window"]["sum"])
+        acc_n, window_steps = int(ckpt["log_window"]["n"]), int(ckpt["log_window"]["steps"])
     saved_at = [-1]
 
     def checkpoint(at: int) -> None:
@@ -524,6 +527,9 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
             "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(info.device) if info.device.type == "cuda" else None,
             "elapsed_s": elapsed_before + time.time() - started, "metrics": last_metrics,
+            "total_steps": opts.steps,
+            # the partly filled logging window, so rows after a resume equal the uninterrupted run's
+            "log_window": {"sum": acc.detach().cpu(), "n": acc_n, "steps": window_steps},
         }
         ckpt_dir = out / "checkpoints"
         atomic_torch_save(state, ckpt_dir / "last.pt")
@@ -574,9 +580,7 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
         if step == 0 and opts.val_every:
             run_validation(0)
         model.train()
-        acc = torch.zeros(len(task.loss_names), dtype=torch.float64, device=info.device)
-        acc_n = 0
-        window_start, window_steps = time.time(), 0
+        window_start = time.time()
         for batch in loader:
             batch = _to_device(batch, info.device)
             losses = model(batch)
@@ -596,9 +600,9 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
             window_steps += 1
             if bar is not None:
                 bar.update(1)
-            if step % opts.log_every == 0 or step == end:
+            if step % opts.log_every == 0 or step == opts.steps:
                 # One collective per logging step: global-batch means of the losses + stop flag.
-                packed = torch.cat([acc / acc_n, torch.tensor([float(stop.signum)], dtype=torch.float64,
+                packed = torch.cat([acc / max(1, acc_n), torch.tensor([float(stop.signum)], dtype=torch.float64,
                                                               device=info.device)])
                 packed = info.all_sum(packed)
                 means = (packed[:-1] / info.world).tolist()
@@ -617,7 +621,7 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
                     stopped_by_signal = int(stop.signum) or signal.SIGTERM
             if opts.val_every and step % opts.val_every == 0 and step != opts.steps:
                 run_validation(step)
-            if (opts.ckpt_every and step % opts.ckpt_every == 0) or stopped_by_signal:
+            if (opts.ckpt_every and step % opts.ckpt_every == 0 and step != opts.steps) or stopped_by_signal:
                 checkpoint(step)
             if stopped_by_signal:
                 break

@@ -164,6 +164,7 @@ class PixelINNTask(Task):
     def card(self) -> dict[str, Any]:
         a = self.args
         return {
+            "preset": a.preset,
             "data": self.images.card(),
             "crop": a.crop,
             "flips": a.flips,

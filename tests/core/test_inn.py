@@ -153,6 +153,22 @@ def test_batch_broadcast_of_embedding_and_input_untouched(seed: int) -> None:
     assert torch.allclose(c, c3)
 
 
+def test_cached_attention_masks_across_sizes_and_modes(seed: int) -> None:
+    inn = WaveletINN(INNConfig.preset("pixel-small")).eval()
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 48, 24)
+    with torch.no_grad():
+        first = inn(a)[0]
+        inn(b)
+        again = inn(a)[0]
+    assert torch.equal(first, again)
+    with torch.inference_mode():  # how the host runs nodes
+        inn(a)
+    x = a.clone().requires_grad_(True)  # then guidance differentiates through the same sizes
+    coarse, _ = inn(x)
+    coarse.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum().item() > 0
+
+
 def test_bad_inputs_raise_shape_errors() -> None:
     inn = WaveletINN(INNConfig.preset("pixel-small")).eval()
     with pytest.raises(ShapeError, match="3 channels"):

@@ -54,8 +54,8 @@ def test_teacher_then_student_and_export(tmp_path):
     # The exported student conditions a PixelINN run (gamma = F(y) feeds the MRSTB channel scales).
     inn_out = tmp_path / "inn"
     done = run(["pixel-inn", "--data", str(crops), "--val-count", "2", "--out", str(inn_out), "--crop", "32",
-                "--batch-size", "2", "--steps", "2", "--val-every", "0", "--estimator", str(out / "estimator.safetensors"),
-                *TINY_INN, *QUIET])
+                "--batch-size", "2", "--steps", "2", "--val-every", "0",
+                "--estimator", str(out / "estimator.safetensors"), *TINY_INN, *QUIET])
     assert done["step"] == 2
     inn_card = json.loads((inn_out / "pixel_inn.card.json").read_text())
     assert inn_card["estimator"] == str(out / "estimator.safetensors")

@@ -200,12 +200,16 @@ class GaussianMMSEDenoiser(torch.nn.Module):
     ComfyUI calls it like a UNet: forward(xc, timesteps, context, ...) with xc = x / sqrt(sigma^2+1)
     (EPS parameterisation); the exact sigma is read from transformer_options["sigmas"] (set by
     calc_cond_batch), since `timesteps` is rounded to an integer. It returns eps = (x - E[z|x]) / sigma
-    so that BaseModel's `x - sigma * eps` is exactly the MMSE estimate. It goes through ComfyUI's
+    so that BaseModel's `x - sigma * eps` is exactly the MMSE estimate. The conditioning shifts the
+    prior mean by cond_gain * mean(context) (a conditional Gaussian prior, so CFG changes the
+    result). It goes through ComfyUI's
     DIFFUSION_MODEL wrappers like the real UNet, and records the spatial shapes it is called on.
     """
 
-    def __init__(self, mean: torch.Tensor, var: torch.Tensor, corr_len: float = 1.5, floor: float = 0.05):
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor, corr_len: float = 1.5, floor: float = 0.05,
+                 cond_gain: float = 5.0):
         super().__init__()
+        self.cond_gain = float(cond_gain)
         self.register_buffer("mean", mean.float().view(1, -1, 1, 1))
         self.register_buffer("var", var.float().view(1, -1, 1, 1))
         self.corr_len = float(corr_len)
@@ -220,13 +224,14 @@ class GaussianMMSEDenoiser(torch.nn.Module):
         s = s / s.mean()  # mean over frequencies 1 -> per-pixel variance = var
         return s.view(1, 1, h, w)
 
-    def mmse(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def mmse(self, x: torch.Tensor, sigma: torch.Tensor, shift=0.0) -> torch.Tensor:
         h, w = x.shape[-2:]
         p = self.var.to(x) * self.spectrum(h, w, x.device)  # power per frequency (unnormalised FFT / HW)
         s2 = (sigma.to(x).view(-1, 1, 1, 1)) ** 2
         gain = p / (p + s2)
-        r = torch.fft.fft2((x - self.mean.to(x)).double())
-        return (self.mean.to(x) + torch.fft.ifft2(r * gain.double()).real.to(x.dtype))
+        mean = self.mean.to(x) + shift
+        r = torch.fft.fft2((x - mean).double())
+        return mean + torch.fft.ifft2(r * gain.double()).real.to(x.dtype)
 
     def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
         import comfy.patcher_extension as pe
@@ -243,7 +248,11 @@ class GaussianMMSEDenoiser(torch.nn.Module):
         elif sigma.shape[0] != xc.shape[0]:
             sigma = sigma.repeat(xc.shape[0] // sigma.shape[0])  # cond/uncond chunks are concatenated
         x = xc.float() * torch.sqrt(sigma.view(-1, 1, 1, 1) ** 2 + 1.0)
-        d = self.mmse(x, sigma)
+        shift = 0.0
+        if context is not None and self.cond_gain:
+            # A conditional prior: the conditioning shifts the mean, so CFG has something to do.
+            shift = self.cond_gain * context.float().mean(dim=(1, 2)).view(-1, 1, 1, 1).to(x.device)
+        d = self.mmse(x, sigma, shift)
         return (x - d) / sigma.view(-1, 1, 1, 1)
 
 

@@ -39,14 +39,20 @@ def test_pack_registers_its_nodes(comfy_inprocess) -> None:
 
 def test_every_node_follows_the_conventions(comfy_inprocess) -> None:
     """Id prefix, one category, description, tooltip on every input and output, a help page."""
+    problems = []
     for node_id in comfy_inprocess.pack_node_ids:
         schema = comfy_inprocess.node(node_id).GET_SCHEMA()
-        assert node_id.startswith("INDIGO_")
-        assert schema.category == "INDIGO", f"{node_id}: category {schema.category!r}"
-        assert schema.display_name and schema.description, node_id
-        for item in [*(schema.inputs or []), *(schema.outputs or [])]:
-            assert item.tooltip, f"{node_id}.{item.id}: no tooltip"
-        assert (ROOT / "js" / "docs" / f"{node_id}.md").is_file(), f"no help page js/docs/{node_id}.md"
+        if not node_id.startswith("INDIGO_"):
+            problems.append(f"{node_id}: id without the INDIGO_ prefix")
+        if schema.category != "INDIGO":
+            problems.append(f"{node_id}: category {schema.category!r}, expected 'INDIGO'")
+        if not (schema.display_name and schema.description):
+            problems.append(f"{node_id}: no display name or description")
+        problems += [f"{node_id}.{item.id}: no tooltip"
+                     for item in [*(schema.inputs or []), *(schema.outputs or [])] if not item.tooltip]
+        if not (ROOT / "js" / "docs" / f"{node_id}.md").is_file():
+            problems.append(f"{node_id}: no help page js/docs/{node_id}.md")
+    assert not problems, "\n".join(problems)
 
 
 def test_model_folder_registered(comfy_inprocess) -> None:

@@ -37,7 +37,8 @@ def test_server_boots_with_the_pack(comfy_server) -> None:
     assert status == 200 and stats["system"]["comfyui_version"]
     log = comfy_server.log_path.read_text(errors="replace").splitlines()
     signs = ("IMPORT FAILED", "failed to import", "Cannot import", "Error while calling comfy_entrypoint")
-    failures = [l for l in log if "comfyui-indigo" in l and any(s in l for s in signs)]
+    ours = ("custom_nodes/comfyui-indigo", "comfyui-indigo: ")  # the pack's path / its own log prefix
+    failures = [l for l in log if any(o in l for o in ours) and any(s in l for s in signs)]
     assert not failures, "\n".join(failures) + "\n" + comfy_server.log_tail()
 
 

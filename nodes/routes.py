@@ -1,0 +1,73 @@
+"""Small read-only HTTP routes for the pack's frontend extension (js/indigo.js).
+
+``GET /indigo/inn_info?name=<file>`` (also under ``/api``): what an INN file in the ``indigo``
+model folders is (domain, scale, channels, wavelet split, levels, lifting pairs), read from the
+file's header only, no tensors. The frontend shows it as a badge on Load INN before the graph
+runs and uses the scale to warn about measurement sizes that cannot match before queueing.
+
+Answers: 200 with the facts; 400 without a name; 404 when the file is not in the list; 422 when
+the file is not an INN the pack can read (the message says why). Handlers are plain functions of
+the query (``(status, payload)``); ``host.add_json_route`` serves them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ..indigo_core.errors import IndigoError
+from .host import MODEL_FOLDER, add_json_route, find_model
+
+log = logging.getLogger("comfyui_indigo")
+
+INN_INFO_PATH = "/indigo/inn_info"
+
+_registered = False
+
+
+def inn_facts(cfg: Any, name: str, source: str) -> dict[str, Any]:
+    """JSON-ready facts of an INNConfig (the keys of ``common.inn_summary`` without ``params``)."""
+    return {
+        "name": name,
+        "domain": cfg.domain,
+        "scale": int(cfg.scale),
+        "channels": int(cfg.channels),
+        "split": cfg.split,
+        "levels": int(cfg.levels),
+        "pairs": int(cfg.pairs),
+        "source": source,
+    }
+
+
+def inn_info(query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """Handler of ``GET /indigo/inn_info``: see the module docstring."""
+    name = (query.get("name") or "").strip()
+    if not name:
+        return 400, {"error": "expected a query parameter 'name' (an INN file name as Load INN lists it)"}
+    path = find_model(name)
+    if path is None:
+        return 404, {"error": f"INN file {name!r} is not in the '{MODEL_FOLDER}' model folders"}
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".pth":
+            # An INDIGO+ INN.pth: its layout is fixed; reading the pickle is left to Load INN.
+            from ..indigo_core.inn.config import INNConfig
+
+            return 200, inn_facts(INNConfig.preset("indigo-plus"), name, "indigo-plus layout")
+        from ..indigo_core.io.weights import read_inn_config
+
+        return 200, inn_facts(read_inn_config(path), name, "file header")
+    except IndigoError as exc:
+        return 422, {"error": str(exc)}
+    except (OSError, ValueError) as exc:
+        return 422, {"error": f"{name}: cannot be read ({type(exc).__name__}: {exc})"}
+
+
+def register() -> bool:
+    """Add the routes to ComfyUI's server once; False when there is no server (in-process use)."""
+    global _registered
+    if _registered:
+        return True
+    _registered = add_json_route(INN_INFO_PATH, inn_info)
+    return _registered
