@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from .atomic import atomic_write_bytes
 from ..errors import ConfigError, WeightsExistError, WeightsFileError
 from ..inn.config import INNConfig
 from ..inn.network import WaveletINN
@@ -51,15 +51,7 @@ def write_weights_file(
         if not isinstance(k, str) or not isinstance(v, str):
             raise WeightsFileError(path, f"metadata must map str to str, got {k!r}: {type(v).__name__}")
     cpu = {k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, save(cpu, metadata=dict(metadata)))
     return path
 
 

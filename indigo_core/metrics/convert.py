@@ -25,11 +25,11 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import atomic_write_bytes
 from ..errors import IndigoError, WeightsExistError, WeightsFileError
 from .sources import (
     DISTS_MEMBER,
@@ -92,7 +92,7 @@ def _metadata(kind: str, layout: str, src: SourceFile, member: str) -> dict[str,
 
 def _write(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str], overwrite: bool) -> str:
     from safetensors import safe_open
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     if path.exists():
         try:
@@ -106,18 +106,7 @@ def _write(path: Path, tensors: dict[str, np.ndarray], meta: dict[str, str], ove
         if not overwrite:
             raise WeightsExistError(path, "exists and was not made from this source by this converter version; "
                                           "pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, save(tensors, metadata=meta))  # readers never see a half-written file
     return "written"
 
 

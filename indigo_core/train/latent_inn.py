@@ -40,7 +40,7 @@ from .common import (add_inn_arguments, autocast_lift_nets, build_inn, file_fing
 from .data import (STREAM_DEGRADE, STREAM_POOL, STREAM_VAL, Degrader, ImageFolder, _epoch_order,
                    build_image_sets, center_crop, crop_and_flip, generator_for, ranges_from_args, shard)
 from .losses import capped, inn_loss, psnr_per_image, reconstruction_loss
-from .loop import _FILE_MODE, DistInfo, Task
+from .loop import DistInfo, Task
 
 log = logging.getLogger("indigo_core.train")
 
@@ -253,7 +253,6 @@ class LatentINNTask(Task):
 
                 write_weights_file(cache, self.pool, {"format": CACHE_FORMAT, "format_version": FORMAT_VERSION,
                                                       "key": self.cache_key, "description": key}, overwrite=True)
-                os.chmod(cache, _FILE_MODE)
             info.barrier()
 
         self.val = None

@@ -25,7 +25,6 @@ import shlex
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import TrainingError
+from ..io.atomic import atomic_write, atomic_write_text
 from .data import StepBatchSampler, collate
 from .losses import finite_or_raise
 
@@ -222,44 +222,9 @@ class Task:
 
 
 # ---------------------------------------------------------------------- files
-def _default_file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _default_file_mode()  # what open() would give: mkstemp's files are private (0600)
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save through an atomic write (temporary file, fsync, rename)."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 class CsvLog:
@@ -661,8 +626,6 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
             **task.card(),
         }
         files = task.export(_unwrap(model), out, opts.name, card, opts.overwrite or bool(resume_path))
-        for f in files:
-            os.chmod(f, _FILE_MODE)
         atomic_write_text(out / f"{opts.name}.card.json", json.dumps(card, indent=2, default=str) + "\n")
         files.append(out / f"{opts.name}.card.json")
         log.info("finished %d steps in %.1f s; wrote %s", step, elapsed, ", ".join(str(f) for f in files))

@@ -191,11 +191,12 @@ def empty_conditioning(batch: int = 1, context_dim: int = 32, tokens: int = 4, s
 class GaussianMMSEDenoiser(torch.nn.Module):
     """The exact MMSE denoiser of a stationary Gaussian field, posing as a diffusion network.
 
-    Prior (model space, per channel c): z ~ N(mu_c, C_c), C_c circulant with power spectrum
-    P_c(f) = var_c * H * W * S(f) / sum S, S(f) = exp(-2 pi^2 l^2 |f|^2) + floor (a squared-exponential
-    covariance of length `corr_len` latent pixels, plus a white floor). For x_t = z + sigma n the
-    MMSE estimate is E[z | x_t] = mu + F^-1[ P / (P + sigma^2) . F(x_t - mu) ] (per frequency, with P
-    the per-pixel-normalised spectrum), exact on the periodic H x W grid it is called on.
+    Prior (model space, per channel c): z ~ N(mu_c, C_c), C_c diagonal in the 2-D DCT basis with
+    eigenvalues var_c * S(f) / mean S over the mirror-extended 2H x 2W frequency grid,
+    S(f) = exp(-2 pi^2 l^2 |f|^2) + floor (a squared-exponential covariance of length `corr_len`
+    latent pixels plus a white floor). For x_t = z + sigma n the MMSE estimate is
+    E[z | x_t] = mu + DCT^-1[ S' / (S' + sigma^2) . DCT(x_t - mu) ], computed as an FFT filter of
+    the mirror extension, exact on whatever H x W grid it is called on.
 
     ComfyUI calls it like a UNet: forward(xc, timesteps, context, ...) with xc = x / sqrt(sigma^2+1)
     (EPS parameterisation); the exact sigma is read from transformer_options["sigmas"] (set by
@@ -226,12 +227,18 @@ class GaussianMMSEDenoiser(torch.nn.Module):
 
     def mmse(self, x: torch.Tensor, sigma: torch.Tensor, shift=0.0) -> torch.Tensor:
         h, w = x.shape[-2:]
-        p = self.var.to(x) * self.spectrum(h, w, x.device)  # power per frequency (unnormalised FFT / HW)
+        # Mirror-extend to 2h x 2w: a stationary spectrum there is diagonal in the DCT basis of the
+        # h x w field, so filtering the extension and cropping is the exact MMSE estimate for that
+        # (non-periodic) Gaussian field; its borders reflect instead of wrapping around.
+        p = self.var.to(x) * self.spectrum(2 * h, 2 * w, x.device)
         s2 = (sigma.to(x).view(-1, 1, 1, 1)) ** 2
         gain = p / (p + s2)
         mean = self.mean.to(x) + shift
-        r = torch.fft.fft2((x - mean).double())
-        return mean + torch.fft.ifft2(r * gain.double()).real.to(x.dtype)
+        r = x - mean
+        r = torch.cat([r, r.flip(-1)], dim=-1)
+        r = torch.cat([r, r.flip(-2)], dim=-2)
+        f = torch.fft.ifft2(torch.fft.fft2(r.double()) * gain.double()).real
+        return mean + f[..., :h, :w].to(x.dtype)
 
     def forward(self, x, timesteps=None, context=None, y=None, control=None, transformer_options={}, **kwargs):
         import comfy.patcher_extension as pe
