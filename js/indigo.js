@@ -248,7 +248,7 @@ function fetchInnInfo(name) {
   if (hit && Date.now() - hit.time < INFO_TTL_MS) return hit.promise;
   const promise = api
     .fetchApi(`/indigo/inn_info?name=${encodeURIComponent(name)}`)
-    .then(async (r) => (r.ok ? { ...(await r.json()), ok: true } : { ok: false, error: (await r.json())?.error }))
+    .then(async (r) => (r.ok ? await r.json() : { ok: false, error: `HTTP ${r.status}` }))
     .catch((e) => ({ ok: false, error: String(e) }));
   innInfoCache.set(name, { time: Date.now(), promise, value: undefined });
   promise.then((v) => {
@@ -635,6 +635,11 @@ app.registerExtension({
       if (name === INN_INFO) addTextBox(this, "Run the graph to see the INN's domain, scale and size.");
       if (name === COMPARE) addTextBox(this, "Run the graph to see PSNR, SSIM and LPIPS against the reference.");
       if (GUIDED.includes(name)) addPlotWidget(this);
+      if (name !== LOAD_INN) {
+        // grow the node to hold the widget just added (its size was computed before)
+        const [w, h] = this.computeSize?.() ?? this.size;
+        this.setSize?.([Math.max(this.size[0], w), Math.max(this.size[1], h)]);
+      }
       if (name === LOAD_INN) {
         const w = this.widgets?.find((x) => x.name === "inn_name");
         if (w) {

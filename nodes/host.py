@@ -173,9 +173,12 @@ def ksample(model, seed: int, steps: int, cfg: float, sampler_name: str, schedul
 
 
 def frontend_connected() -> bool:
-    """Whether a web server runs that :func:`send_event` messages can reach."""
-    import server
-
+    """Whether a web server runs that :func:`send_event` messages can reach (False in scripts
+    that import ComfyUI without its server)."""
+    try:
+        import server
+    except ImportError:
+        return False
     return getattr(server.PromptServer, "instance", None) is not None
 
 

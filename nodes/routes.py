@@ -5,9 +5,11 @@ model folders is (domain, scale, channels, wavelet split, levels, lifting pairs)
 file's header only, no tensors. The frontend shows it as a badge on Load INN before the graph
 runs and uses the scale to warn about measurement sizes that cannot match before queueing.
 
-Answers: 200 with the facts; 400 without a name; 404 when the file is not in the list; 422 when
-the file is not an INN the pack can read (the message says why). Handlers are plain functions of
-the query (``(status, payload)``); ``host.add_json_route`` serves them.
+Answers 200 with ``{"ok": true, ...facts}``, or 200 with ``{"ok": false, "error": ...}`` when the
+file is not in the list or is not an INN the pack can read (a file that is missing is an ordinary
+state of a shared workflow, not an HTTP error for the browser console); 400 without a name.
+Handlers are plain functions of the query (``(status, payload)``); ``host.add_json_route``
+serves them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _registered = False
 def inn_facts(cfg: Any, name: str, source: str) -> dict[str, Any]:
     """JSON-ready facts of an INNConfig (the keys of ``common.inn_summary`` without ``params``)."""
     return {
+        "ok": True,
         "name": name,
         "domain": cfg.domain,
         "scale": int(cfg.scale),
@@ -44,10 +47,10 @@ def inn_info(query: dict[str, str]) -> tuple[int, dict[str, Any]]:
     """Handler of ``GET /indigo/inn_info``: see the module docstring."""
     name = (query.get("name") or "").strip()
     if not name:
-        return 400, {"error": "expected a query parameter 'name' (an INN file name as Load INN lists it)"}
+        return 400, {"ok": False, "error": "expected a query parameter 'name' (an INN file name as Load INN lists it)"}
     path = find_model(name)
     if path is None:
-        return 404, {"error": f"INN file {name!r} is not in the '{MODEL_FOLDER}' model folders"}
+        return 200, {"ok": False, "error": f"INN file {name!r} is not in the '{MODEL_FOLDER}' model folders"}
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".pth":
@@ -59,9 +62,9 @@ def inn_info(query: dict[str, str]) -> tuple[int, dict[str, Any]]:
 
         return 200, inn_facts(read_inn_config(path), name, "file header")
     except IndigoError as exc:
-        return 422, {"error": str(exc)}
+        return 200, {"ok": False, "error": str(exc)}
     except (OSError, ValueError) as exc:
-        return 422, {"error": f"{name}: cannot be read ({type(exc).__name__}: {exc})"}
+        return 200, {"ok": False, "error": f"{name}: cannot be read ({type(exc).__name__}: {exc})"}
 
 
 def register() -> bool:

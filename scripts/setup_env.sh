@@ -63,3 +63,25 @@ if [ "$(cat "$metrics_dir/.indigo-complete" 2>/dev/null)" != "$metrics_stamp" ];
 fi
 export INDIGO_METRICS_DIR="$metrics_dir"
 # <<< perceptual-metric weights <<<
+
+# >>> browser for the UI test (owned by tests/host/test_browser.py; stamp indigo-browser/1) >>>
+# Debian's chromium, driven by Python Playwright from .venv (playwright is in
+# requirements-test.txt; Playwright's own browser download, `playwright install`, is never used).
+# Installed only when /usr/bin/chromium is missing, and only as root with apt-get (CI runs as root
+# on Debian with registry access); elsewhere the browser test fails and says what to install.
+# INDIGO_CHROMIUM points the test at another chromium binary. Idempotent: a present chromium is
+# never touched.
+if [ -z "${INDIGO_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's chromium for the browser test (apt-get; about a minute)"
+    if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        >"$cache/apt-chromium.log" 2>&1; then
+      echo "indigo-browser/1 $(/usr/bin/chromium --version 2>/dev/null)" > "$cache/.indigo-browser"
+    else
+      log "chromium could not be installed (see $cache/apt-chromium.log); the browser test will say why"
+    fi
+  else
+    log "no /usr/bin/chromium and no root apt-get: install Debian's chromium or set INDIGO_CHROMIUM for the browser test"
+  fi
+fi
+# <<< browser for the UI test <<<

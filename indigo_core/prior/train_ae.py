@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="architecture (default small)")
     p.add_argument("--crop", type=int, default=256, help="training crop size (default 256)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, default 5e-4)")
     p.add_argument("--ssim-weight", type=float, default=0.2)
     p.add_argument("--kl-weight", type=float, default=1e-6)
     p.add_argument("--init-logvar", type=float, default=-8.0,

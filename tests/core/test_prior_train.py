@@ -18,6 +18,15 @@ from indigo_core.prior.trainutil import Budget
 from indigo_core.prior.weights import load_autoencoder, load_unet
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared, busy CPU two threads per process run many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture()
 def photos(tmp_path):
     d = tmp_path / "photos"
@@ -43,7 +52,6 @@ def test_split_is_deterministic_and_shared(photos, tmp_path) -> None:
     assert len(list((tmp_path / "staged" / "train").glob("*.jpg"))) == 9
 
 
-@pytest.mark.slow
 def test_train_autoencoder_then_unet(photos, tmp_path) -> None:
     out = tmp_path / "run"
     common = ["--data", str(photos), "--val-fraction", "0.2", "--out", str(out), "--max-steps", "2",

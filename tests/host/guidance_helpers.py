@@ -129,8 +129,8 @@ def apply_guidance(host, scene: Scene, measurement: torch.Tensor | None = None, 
     w = dict(DEFAULT_WIDGETS)
     w.update(widgets)
     y = scene.y if measurement is None else measurement
-    return host.run_node("INDIGO_ApplyGuidance", model=scene.model if model is None else model, vae=scene.vae,
-                         inn=w.pop("inn", scene.inn), measurement=to_image(y), **w)[0]
+    return host.run_node("INDIGO_ApplyGuidance", model=scene.model if model is None else model,
+                         vae=w.pop("vae", scene.vae), inn=w.pop("inn", scene.inn), measurement=to_image(y), **w)[0]
 
 
 def ksampler(host, model, scene: Scene, latent: dict | None = None, seed: int = 0, steps: int = 10,

@@ -164,7 +164,11 @@ def _vae(ddconfig: dict, seed: int, embed_dim: int = 4, device=None, dtype=None,
         donor.post_quant_conv.weight.div_(latent_gain)
     sd = {k: v.detach().clone() for k, v in donor.state_dict().items()}
     del donor
-    return comfy.sd.VAE(sd=sd, config=config, device=device, dtype=dtype)
+    vae = comfy.sd.VAE(sd=sd, config=config, device=device, dtype=dtype)
+    # comfy.sd.VAE keeps its default of 4 for config-built AutoencoderKLs; a file-detected 16-channel
+    # VAE (SD3, Flux) reports 16.
+    vae.latent_channels = embed_dim
+    return vae
 
 
 def tiny_vae(seed: int = 0, ch: int = 32, latent_channels: int = 4, latent_gain: float = 8.0, smooth: bool = True):
@@ -264,7 +268,9 @@ class GaussianMMSEDenoiser(torch.nn.Module):
 
 
 def gaussian_prior_model(channels: int = 4, seed: int = 0, corr_len: float = 1.5):
-    """A MODEL (ModelPatcher) whose denoiser is GaussianMMSEDenoiser, in SD1's latent format (EPS)."""
+    """A MODEL (ModelPatcher) whose denoiser is GaussianMMSEDenoiser (EPS), in SD1's latent format
+    for 4 channels and SD3's for 16 (a stand-in for a 16-channel model)."""
+    import comfy.latent_formats
     import comfy.model_base
 
     gen = torch.Generator().manual_seed(seed)
@@ -272,6 +278,10 @@ def gaussian_prior_model(channels: int = 4, seed: int = 0, corr_len: float = 1.5
     var = 0.6 + 0.4 * torch.rand(channels, generator=gen)
     config = _sd15_config({**tiny_unet_config(), "disable_unet_model_creation": True, "in_channels": channels,
                            "out_channels": channels})
+    if channels == 16:
+        config.latent_format = comfy.latent_formats.SD3()
+    elif channels != 4:
+        raise ValueError(f"gaussian_prior_model: 4 or 16 channels, got {channels}")
     base = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EPS)
     base.diffusion_model = GaussianMMSEDenoiser(mean, var, corr_len=corr_len)
     base.eval()
@@ -308,13 +318,13 @@ def write_tiny_unet_file(path, seed: int = 0) -> dict:
     return sd
 
 
-def write_tiny_taesd_file(path, seed: int = 0) -> dict:
+def write_tiny_taesd_file(path, seed: int = 0, latent_channels: int = 4) -> dict:
     """A VAE file (``models/vae/``) in TAESD's layout (ComfyUI's VAELoader recognises it by its
     ``taesd_decoder.*`` keys) with seeded weights. Returns the state dict written."""
     import comfy.taesd.taesd as taesd
     from safetensors.torch import save_file
 
-    model = taesd.TAESD(latent_channels=4)
+    model = taesd.TAESD(latent_channels=latent_channels)
     seeded_init_(model, seed, gain=1.0)
     with torch.no_grad():
         model.vae_scale.fill_(1.0)

@@ -1,0 +1,280 @@
+"""One restoration: a degraded image y in, a x`scale` restoration out, with the small prior.
+
+    models = load_models("latent")                       # the pack's bundled files
+    x = restore_image(y, models, RestoreSettings())      # y (1,3,h,w) in [0,1] -> (1,3,4h,4w)
+
+Guided modes (the paper's Algorithms 1 and 2 driven by this package's sampler):
+    start: z_T = E(up(y)) * scale_factor + sigma_0 * noise, with the schedule cut at `denoise`
+    (SDEdit); every step: z0 = denoiser(z_t); z0 <- GuidanceRun.step(z0) (in the VAE's space);
+    sampler step from the guided z0; at the end x = D(z0), colour fix (optional), clamp.
+Baselines with the same models and seed, for measuring what the guidance adds:
+    "unguided"   the same sampling without guidance (the prior alone, from the same start)
+    "bicubic"    up(y)
+    "latent-inn-zero" / "pixel-inn-zero"   the INN inverse with zero details:
+                 D(g^-1(E(up(y)), 0)) / g^-1(y, 0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError, DomainError, ShapeError
+from ..guidance import GuidanceRun, GuidanceSettings, RefineSettings, Schedule, upsample_measurement
+from ..prior.schedule import DiscreteSchedule
+from . import bundled
+from .sampler import SAMPLERS, SCHEDULERS, eps_denoiser, partial_sigmas, sample
+
+MODES = ("latent", "pixel", "unguided", "bicubic", "latent-inn-zero", "pixel-inn-zero")
+#: The INN domain each mode needs (None: no INN).
+MODE_INN = {"latent": "latent", "pixel": "pixel", "latent-inn-zero": "latent", "pixel-inn-zero": "pixel"}
+#: Modes that run the diffusion prior.
+SAMPLING_MODES = ("latent", "pixel", "unguided")
+
+
+@dataclass(frozen=True)
+class RestoreSettings:
+    """How a restoration runs (defaults: the values tuned on training photos, docs/RESTORE.md).
+
+    steps: sampler steps actually run; denoise: strength in (0, 1] (1 = from pure noise; the
+    schedule is cut as ComfyUI's KSampler cuts it); seed: noise seed (the same for every image).
+    zeta, latent_iterations: LatentINN update (Algorithm 2). step_size, w_dc, w_p, max_step:
+    PixelINN gradient update (Algorithm 1; see indigo_core.guidance.settings). regulariser_end:
+    fraction of the steps with the re-encoding regulariser E(D(z0)) (0: off). refine_lr: test-time
+    refinement of a private INN copy in the first half of the steps (0: off).
+    """
+
+    mode: str = "latent"
+    steps: int = 20
+    denoise: float = 0.5
+    seed: int = 0
+    sampler: str = "euler"
+    scheduler: str = "normal"
+    scale: int = 4
+    zeta: float = 0.5
+    latent_iterations: int = 1
+    step_size: float = 0.5
+    w_dc: float = 2.5
+    w_p: float = 1.0
+    max_step: float = 0.5
+    regulariser_end: float = 0.3
+    refine_lr: float = 0.0
+    colour_fix: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: expected one of {MODES}, got {self.mode!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler: expected one of {SCHEDULERS}, got {self.scheduler!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(f"steps: expected an integer >= 1, got {self.steps!r}")
+        if not 0.0 < self.denoise <= 1.0:
+            raise ConfigError(f"denoise: expected a number in (0, 1], got {self.denoise!r}")
+        if not isinstance(self.scale, int) or self.scale < 1:
+            raise ConfigError(f"scale: expected an integer >= 1, got {self.scale!r}")
+        if not 0.0 <= self.regulariser_end <= 1.0:
+            raise ConfigError(f"regulariser_end: expected a number in [0, 1], got {self.regulariser_end!r}")
+        if self.refine_lr < 0:
+            raise ConfigError(f"refine_lr: expected >= 0, got {self.refine_lr!r}")
+        self.guidance()  # validates the guidance fields
+
+    def guidance(self) -> GuidanceSettings:
+        """The GuidanceSettings of a guided mode ("none" mode for the others)."""
+        mode = {"latent": "latent_inn", "pixel": "pixel_inn"}.get(self.mode, "none")
+        reg = Schedule.fraction(0.0, self.regulariser_end) if self.regulariser_end > 0 else Schedule.off()
+        refine = RefineSettings(lr=self.refine_lr) if self.refine_lr > 0 and mode != "none" else None
+        return GuidanceSettings(mode=mode, zeta=self.zeta, latent_iterations=self.latent_iterations,
+                                w_dc=self.w_dc, w_p=self.w_p, step_size=self.step_size, max_step=self.max_step,
+                                regulariser=reg if mode != "none" else Schedule.off(), refine=refine,
+                                colour_fix=self.colour_fix)
+
+
+@dataclass
+class RestoreModels:
+    """The networks a restoration uses (frozen, eval mode, float32) and where they came from."""
+
+    autoencoder: Optional[torch.nn.Module] = None
+    unet: Optional[torch.nn.Module] = None
+    context: Optional[Tensor] = None
+    scale_factor: float = 0.18215
+    inn: Optional[torch.nn.Module] = None
+    estimator: Optional[torch.nn.Module] = None
+    files: dict = field(default_factory=dict)
+    schedule: DiscreteSchedule = field(default_factory=DiscreteSchedule)
+
+    def to(self, device) -> "RestoreModels":
+        for name in ("autoencoder", "unet", "inn", "estimator"):
+            m = getattr(self, name)
+            if m is not None:
+                m.to(device)
+        if self.context is not None:
+            self.context = self.context.to(device)
+        return self
+
+
+def _existing(path, what: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        from ..errors import WeightsFileError
+
+        raise WeightsFileError(p, f"{what} file not found")
+    return str(p)
+
+
+def load_models(mode: str, inn: Optional[str] = None, prior_vae: Optional[str] = None,
+                prior_unet: Optional[str] = None, estimator: Optional[str] = "bundled",
+                device="cpu") -> RestoreModels:
+    """Load what `mode` needs; None / missing arguments mean the bundled files.
+
+    estimator: a file, "bundled" (the pack's, when the INN was trained with one) or None (no
+    degradation embedding). The estimator is only loaded for modes with an INN whose
+    configuration has a degradation-conditioned channel scale.
+    """
+    from ..estimator import load_estimator
+    from ..io.weights import load_inn
+    from ..prior.weights import load_autoencoder, load_unet, read_latent_format
+
+    if mode not in MODES:
+        raise ConfigError(f"mode: expected one of {MODES}, got {mode!r}")
+    m = RestoreModels()
+    if mode != "bicubic":
+        vae_path = _existing(prior_vae or bundled.bundled_path(bundled.PRIOR_VAE), "prior autoencoder")
+        m.autoencoder = load_autoencoder(vae_path)
+        m.scale_factor = float(read_latent_format(vae_path).get("scale_factor", 0.18215))
+        m.files["prior_vae"] = vae_path
+    if mode in SAMPLING_MODES:
+        unet_path = _existing(prior_unet or bundled.bundled_path(bundled.PRIOR_UNET), "prior UNet")
+        m.unet, m.context, _ = load_unet(unet_path)
+        m.files["prior_unet"] = unet_path
+    domain = MODE_INN.get(mode)
+    if domain is not None:
+        default = bundled.LATENT_INN if domain == "latent" else bundled.PIXEL_INN
+        inn_path = _existing(inn or bundled.bundled_path(default), f"{domain} INN")
+        m.inn = load_inn(inn_path)
+        m.inn.requires_grad_(False)
+        cfg = m.inn.config
+        if cfg.domain != domain:
+            raise DomainError(f"--inn: mode {mode!r} expects a {domain} INN, got a {cfg.domain} INN ({inn_path})")
+        if m.autoencoder is not None and domain == "latent" and cfg.channels != m.autoencoder.latent_channels:
+            raise DomainError(f"--inn: expected a {m.autoencoder.latent_channels}-channel LatentINN for this "
+                              f"autoencoder, got {cfg.channels} channels ({inn_path})")
+        m.files["inn"] = inn_path
+        if estimator == "bundled":
+            est_path = bundled.bundled_path(bundled.ESTIMATOR)
+            estimator = str(est_path) if est_path.is_file() else None
+        if estimator:
+            m.estimator = load_estimator(_existing(estimator, "degradation estimator"))
+            m.files["estimator"] = str(estimator)
+    return m.to(device)
+
+
+def _pad_multiple(models: RestoreModels, settings: RestoreSettings) -> int:
+    """The side multiple y must have so that every network gets the sizes it needs."""
+    out = 1
+    if models.autoencoder is not None:
+        out = models.autoencoder.downscale
+        if models.unet is not None:
+            out *= 2 ** (len(models.unet.cfg.channel_mult) - 1)
+    if models.inn is not None and models.inn.config.domain == "pixel":
+        out = math.lcm(out, models.inn.config.scale)
+    return max(1, math.ceil(out / settings.scale)) if out % settings.scale == 0 else out
+
+
+def _pad(y: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
+    h, w = y.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return y, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(y, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+def _check_input(y: Tensor) -> None:
+    if not isinstance(y, Tensor) or y.dim() != 4 or y.shape[0] != 1 or y.shape[1] != 3:
+        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ShapeError(f"y: expected one RGB image (1,3,h,w) in [0,1], got {got}")
+    if min(y.shape[-2:]) < 2:
+        raise ShapeError(f"y: expected at least 2x2 pixels, got {tuple(y.shape[-2:])}")
+
+
+@torch.no_grad()
+def _degradation(models: RestoreModels, y: Tensor) -> Optional[Tensor]:
+    if models.estimator is None or models.inn is None:
+        return None
+    return models.estimator(y).float()
+
+
+def restore_image(y: Tensor, models: RestoreModels, settings: RestoreSettings,
+                  callback: Optional[Callable[[int, int], None]] = None) -> Tensor:
+    """Restore y (1,3,h,w) in [0,1] -> (1,3,scale*h,scale*w) in [0,1] (float32, y's device).
+
+    The result depends only on y, the models and the settings (seed included): the noise is drawn
+    on the CPU from `settings.seed`. callback(i, n) after each sampler step.
+    """
+    _check_input(y)
+    s = settings
+    if MODE_INN.get(s.mode) == "pixel" and models.inn is not None and models.inn.config.scale != s.scale:
+        raise ConfigError(f"scale: the PixelINN restores x{models.inn.config.scale}, got scale {s.scale}")
+    device = y.device
+    y = y.float().clamp(0.0, 1.0)
+    y_pad, (h, w) = _pad(y, _pad_multiple(models, s))
+    H, W = y_pad.shape[-2] * s.scale, y_pad.shape[-1] * s.scale
+    up = upsample_measurement(y_pad, (H, W))
+    if s.mode == "bicubic":
+        out = up
+    elif s.mode in ("latent-inn-zero", "pixel-inn-zero"):
+        out = _inn_zero(y_pad, up, models)
+    else:
+        out = _sample(y_pad, up, models, s, callback)
+    return out[..., : h * s.scale, : w * s.scale].clamp(0.0, 1.0).to(device)
+
+
+@torch.no_grad()
+def _inn_zero(y: Tensor, up: Tensor, models: RestoreModels) -> Tensor:
+    inn, gamma = models.inn, _degradation(models, y)
+    if inn.config.domain == "pixel":
+        _, details = inn(up, gamma)
+        return inn.inverse(y, [torch.zeros_like(d) for d in details], gamma)
+    ae = models.autoencoder
+    z_y = ae.encode(up)
+    _, details = inn(z_y, gamma)
+    return ae.decode(inn.inverse(z_y, [torch.zeros_like(d) for d in details], gamma))
+
+
+def _sample(y: Tensor, up: Tensor, models: RestoreModels, s: RestoreSettings,
+            callback: Optional[Callable[[int, int], None]]) -> Tensor:
+    ae, unet, sf = models.autoencoder, models.unet, models.scale_factor
+    if ae is None or unet is None:
+        raise ConfigError(f"mode {s.mode!r}: needs the prior's autoencoder and UNet")
+    with torch.no_grad():
+        start = ae.encode(up).float() * sf
+    sigmas = partial_sigmas(models.schedule, s.steps, s.denoise, s.scheduler).to(start.device)
+    gen = torch.Generator().manual_seed(int(s.seed))
+    noise = torch.randn(start.shape, generator=gen, dtype=torch.float32).to(start.device)
+    x = start + noise * sigmas[0]
+    context = models.context.expand(start.shape[0], -1, -1)
+    base = eps_denoiser(lambda xs, t: unet(xs, t, context), models.schedule)
+
+    run = None
+    if s.mode in ("latent", "pixel"):
+        run = GuidanceRun(s.guidance(), measurement=y, latent_shape=tuple(start.shape), autoencoder=ae,
+                          inn=models.inn, degradation=_degradation(models, y), device=start.device)
+
+    def denoiser(x_t: Tensor, sigma: Tensor, i: int, n: int) -> Tensor:
+        z0 = base(x_t, sigma)
+        if run is None:
+            return z0
+        return run.step(z0 / sf, i, n) * sf
+
+    z = sample(denoiser, x, sigmas, s.sampler, generator=gen, callback=callback)
+    with torch.no_grad():
+        image = ae.decode(z / sf).float().clamp(0.0, 1.0)
+    return run.finish(image) if run is not None else image

@@ -1,0 +1,244 @@
+"""The restore CLI and its sampler, with tiny random models (seeded) written to a temporary folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from indigo_core.errors import ConfigError, DatasetError, DomainError, ShapeError
+from indigo_core.prior.schedule import DiscreteSchedule
+from indigo_core.restore import RestoreSettings, load_models, make_sigmas, partial_sigmas, restore_image, sample
+from indigo_core.restore.cli import main, plan, shard
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict:
+    """Files of a tiny prior (autoencoder + UNet), a LatentINN, a PixelINN and an estimator."""
+    from indigo_core.estimator import EstimatorConfig, build_estimator, save_estimator
+    from indigo_core.inn.config import INNConfig
+    from indigo_core.inn.network import WaveletINN
+    from indigo_core.io.weights import save_inn
+    from indigo_core.prior import AUTOENCODER_PRESETS, AutoencoderKL, EpsUNet, UNetConfig, save_autoencoder, save_unet
+
+    d = tmp_path_factory.mktemp("tiny_models")
+    torch.manual_seed(0)
+    ae = AutoencoderKL(AUTOENCODER_PRESETS["tiny"])
+    save_autoencoder(ae, d / "vae.safetensors", dtype=None)
+    ucfg = UNetConfig(model_channels=32, channel_mult=(1, 1), attention_depth=(0, 1), num_res_blocks=1,
+                      num_heads=2, context_dim=16)
+    save_unet(EpsUNet(ucfg), torch.randn(1, 1, 16) * 0.1, d / "unet.safetensors", dtype=None)
+    small = dict(hidden=8, heads=2, window=4)
+    save_inn(WaveletINN(INNConfig.preset("latent-small").replace(**small)), d / "latent.safetensors")
+    save_inn(WaveletINN(INNConfig.preset("pixel-small").replace(**small)), d / "pixel.safetensors")
+    save_estimator(build_estimator(EstimatorConfig(width=8, n_res=1)), d / "est.safetensors")
+    return {"vae": d / "vae.safetensors", "unet": d / "unet.safetensors", "latent": d / "latent.safetensors",
+            "pixel": d / "pixel.safetensors", "estimator": d / "est.safetensors"}
+
+
+def _model_args(m: dict, inn: str = "latent") -> list[str]:
+    return ["--prior-vae", str(m["vae"]), "--prior-unet", str(m["unet"]), "--inn", str(m[inn]),
+            "--estimator", str(m["estimator"])]
+
+
+@pytest.fixture()
+def lq_folder(tmp_path) -> Path:
+    """Three small degraded-looking images (16x16, 16x24 and a 12x20 in a sub-folder)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "lq"
+    (folder / "sub").mkdir(parents=True)
+    for name, (h, w) in {"a.png": (16, 16), "b.jpg": (16, 24), "sub/c.png": (12, 20)}.items():
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).copy()
+
+
+QUICK = ["--steps", "2", "--no-progress", "--threads", "1"]
+
+
+# ----------------------------------------------------------------------------- sampler
+def test_normal_schedule_spans_the_model_sigmas_and_ends_at_zero():
+    sched = DiscreteSchedule()
+    s = make_sigmas(sched, 10, "normal")
+    assert s.shape == (11,) and float(s[-1]) == 0.0
+    assert torch.all(s[:-1][1:] < s[:-1][:-1])
+    assert float(s[0]) == pytest.approx(float(sched.sigmas[-1]), rel=1e-5)   # sigma_max ~ 14.6
+    assert float(s[-2]) == pytest.approx(float(sched.sigmas[0]), rel=1e-5)   # sigma_min ~ 0.029
+    k = make_sigmas(sched, 10, "karras")
+    assert k.shape == (11,) and float(k[-1]) == 0.0
+
+
+def test_partial_sigmas_are_the_tail_of_the_longer_schedule():
+    sched = DiscreteSchedule()
+    part = partial_sigmas(sched, 5, 0.5)
+    assert torch.equal(part, make_sigmas(sched, 10)[-6:])
+    assert torch.equal(partial_sigmas(sched, 5, 1.0), make_sigmas(sched, 5))
+    with pytest.raises(ConfigError, match="denoise"):
+        partial_sigmas(sched, 5, 0.0)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+def test_sampler_with_an_oracle_denoiser_lands_on_the_clean_latent(sampler):
+    z0 = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    sigmas = make_sigmas(DiscreteSchedule(), 8)
+    calls = []
+    x = z0 + torch.randn(z0.shape) * sigmas[0]
+    out = sample(lambda x, s, i, n: (calls.append((i, n)), z0)[1], x, sigmas, sampler,
+                 generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, z0, atol=1e-6)
+    assert calls == [(i, 8) for i in range(8)]
+
+
+def test_euler_step_follows_the_probability_flow_line():
+    # One Euler step from sigma to sigma' moves x along (x - z0) / sigma: x' = z0 + (x - z0) sigma'/sigma.
+    z0, x = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2) * 3.0
+    sig = torch.tensor([3.0, 1.0, 0.0])
+    seen = []
+
+    def den(xt, s, i, n):
+        seen.append(xt.clone())
+        return z0
+
+    sample(den, x, sig, "euler")
+    assert torch.allclose(seen[1], torch.ones(1, 1, 2, 2))
+
+
+# ----------------------------------------------------------------------------- pipeline
+def test_bicubic_mode_is_the_upsampled_measurement(tiny_models):
+    from indigo_core.guidance import upsample_measurement
+
+    y = torch.rand(1, 3, 10, 14, generator=torch.Generator().manual_seed(0))
+    models = load_models("bicubic")
+    x = restore_image(y, models, RestoreSettings(mode="bicubic"))
+    assert torch.equal(x, upsample_measurement(y, (40, 56)))
+
+
+@pytest.mark.parametrize("mode", ["latent", "pixel", "unguided", "latent-inn-zero", "pixel-inn-zero"])
+def test_every_mode_gives_the_scaled_size_in_range_and_is_deterministic(tiny_models, mode):
+    m = tiny_models
+    inn = "pixel" if "pixel" in mode else "latent"
+    models = load_models(mode, inn=str(m[inn]), prior_vae=str(m["vae"]), prior_unet=str(m["unet"]),
+                         estimator=str(m["estimator"]))
+    y = torch.rand(1, 3, 13, 10, generator=torch.Generator().manual_seed(2))   # odd sizes: padded inside
+    s = RestoreSettings(mode=mode, steps=2, w_p=0.0)
+    a, b = restore_image(y, models, s), restore_image(y, models, s)
+    assert a.shape == (1, 3, 52, 40)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b)
+
+
+def test_seed_changes_sampled_results_only(tiny_models):
+    m = tiny_models
+    models = load_models("latent", inn=str(m["latent"]), prior_vae=str(m["vae"]), prior_unet=str(m["unet"]),
+                         estimator=str(m["estimator"]))
+    y = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    a = restore_image(y, models, RestoreSettings(steps=2, seed=0))
+    b = restore_image(y, models, RestoreSettings(steps=2, seed=1))
+    assert not torch.equal(a, b)
+
+
+def test_guidance_changes_the_result_and_zeta_zero_equals_unguided(tiny_models):
+    m = tiny_models
+    kw = dict(inn=str(m["latent"]), prior_vae=str(m["vae"]), prior_unet=str(m["unet"]), estimator=str(m["estimator"]))
+    y = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    unguided = restore_image(y, load_models("unguided", **kw), RestoreSettings(mode="unguided", steps=3))
+    latent = load_models("latent", **kw)
+    guided = restore_image(y, latent, RestoreSettings(steps=3, zeta=0.5, regulariser_end=0.0))
+    zero = restore_image(y, latent, RestoreSettings(steps=3, zeta=0.0, regulariser_end=0.0))
+    assert not torch.allclose(guided, unguided, atol=1e-3)
+    assert torch.allclose(zero, unguided, atol=1e-5)
+
+
+def test_wrong_inn_domain_and_bad_inputs_are_refused(tiny_models):
+    m = tiny_models
+    with pytest.raises(DomainError, match="latent INN"):
+        load_models("latent", inn=str(m["pixel"]), prior_vae=str(m["vae"]), prior_unet=str(m["unet"]))
+    models = load_models("bicubic")
+    with pytest.raises(ShapeError, match=r"\(1,3,h,w\)"):
+        restore_image(torch.rand(1, 1, 8, 8), models, RestoreSettings(mode="bicubic"))
+    with pytest.raises(ConfigError, match="mode"):
+        RestoreSettings(mode="sharp")
+    with pytest.raises(ConfigError, match="denoise"):
+        RestoreSettings(denoise=1.5)
+    pix = load_models("pixel-inn-zero", inn=str(m["pixel"]), prior_vae=str(m["vae"]), estimator=None)
+    with pytest.raises(ConfigError, match="x4"):
+        restore_image(torch.rand(1, 3, 8, 8), pix, RestoreSettings(mode="pixel", scale=2))
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_restores_a_folder_keeping_names_and_refuses_to_overwrite(tiny_models, lq_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([str(lq_folder), "--out", str(out), *_model_args(tiny_models), *QUICK]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["a.png", "b.png", "sub/c.png"]
+    assert _png(out / "b.png").shape == (64, 96, 3) and _png(out / "sub" / "c.png").shape == (48, 80, 3)
+    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    assert not list(out.rglob("*.part"))
+
+    assert main([str(lq_folder), "--out", str(out), *_model_args(tiny_models), *QUICK]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before
+
+    # --overwrite rewrites them, bit for bit the same (deterministic)
+    assert main([str(lq_folder), "--out", str(out), *_model_args(tiny_models), *QUICK, "--overwrite"]) == 0
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before
+
+
+def test_cli_single_file_and_input_errors(tiny_models, lq_folder, tmp_path, capsys):
+    out = tmp_path / "single"
+    assert main([str(lq_folder / "a.png"), "--out", str(out), "--mode", "bicubic", "--no-progress"]) == 0
+    assert _png(out / "a.png").shape == (64, 64, 3)
+    assert main([str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("x")
+    assert main([str(tmp_path / "notes.txt"), "--out", str(out), "--no-progress"]) == 2
+    assert "expected an image" in capsys.readouterr().err
+    assert main([str(lq_folder), "--out", str(tmp_path / "o2"), "--mode", "latent", "--inn", str(tmp_path / "nope.safetensors"),
+                 "--prior-vae", str(tiny_models["vae"]), "--prior-unet", str(tiny_models["unet"]), *QUICK]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_plan_refuses_two_inputs_with_one_output(tmp_path):
+    from PIL import Image
+
+    for name in ("x.png", "x.jpg"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    with pytest.raises(DatasetError, match="both be written"):
+        plan(tmp_path, tmp_path / "out")
+
+
+def test_shard_splits_every_file_exactly_once():
+    items = list(range(11))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert parts == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert sorted(sum(parts, [])) == items
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_give_the_single_process_results(tiny_models, lq_folder, tmp_path):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main([str(lq_folder), "--out", str(single), *_model_args(tiny_models), *QUICK]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "indigo_core.restore", str(lq_folder), "--out", str(sharded), *_model_args(tiny_models), *QUICK]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "restored 3 image(s)" in proc.stderr and "on 2 process(es)" in proc.stderr
+    for p in single.rglob("*.png"):
+        assert np.array_equal(_png(p), _png(sharded / p.relative_to(single)))
