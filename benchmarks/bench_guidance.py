@@ -10,10 +10,10 @@ core's "latent-paper" and "pixel-paper" presets. Sampling goes through ComfyUI's
 (comfy.sample.sample, euler, cfg 1) on a MODEL patched by the pack's Apply Guidance code.
 
 Measured, all in one process:
-- per-step time of unguided, LatentINN-guided and PixelINN-guided sampling, as
-  (T(n2 steps) - T(n1 steps)) / (n2 - n1) so that per-run set-up (private copies, z_y = E(up(y)))
-  cancels out; guidance only (regulariser and refinement off), the median over repeats after a
-  warm-up;
+- per-step time of unguided, LatentINN-guided and PixelINN-guided sampling: the time between
+  successive sampler callbacks (so per-run set-up such as private copies and z_y = E(up(y)) is
+  not counted), median over the steps of all repeats after a warm-up run; guidance only
+  (regulariser and refinement off);
 - one decoder forward + backward at the same size (the autograd PixelINN cannot avoid);
 - peak memory of each (CUDA: max allocated; CPU: peak RSS sampled every 5 ms);
 - whole runs with the paper's schedules (regulariser in the first 30% of the steps, refinement in
@@ -47,10 +47,9 @@ PAPER_PIXEL_OVER_LATENT = 18.37 / 9.76  # Table VI
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="short run: 256x256, steps 1 vs 2, one repeat")
+    p.add_argument("--quick", action="store_true", help="short run: 256x256, 3 steps, one repeat")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 512; --quick 256)")
-    p.add_argument("--steps", type=int, nargs=2, default=None, metavar=("N1", "N2"),
-                   help="the two step counts whose time difference gives the per-step time (default 2 10)")
+    p.add_argument("--steps", type=int, default=None, help="steps of each timed run (default 8; --quick 3)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
     p.add_argument("--whole-steps", type=int, default=None, help="steps of the whole-run comparison (default 20)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -60,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="JSON file to write")
     a = p.parse_args(argv)
     a.size = a.size or (256 if a.quick else 512)
-    a.steps = a.steps or ([1, 2] if a.quick else [2, 10])
+    a.steps = a.steps or (3 if a.quick else 8)
     a.repeats = a.repeats or (1 if a.quick else 3)
     a.whole_steps = a.whole_steps or (4 if a.quick else 20)
     return a
@@ -208,32 +207,46 @@ def main(argv=None) -> dict:
         inn, y = inns[kind]
         return gp.apply_guidance(model, gp.GuidanceSpec(s, inn=inn, measurement=y, vae=vae))
 
-    def sample(m, steps):
+    def sample(m, steps, stamps=None):
+        """One sampling run; with `stamps`, appends the time of each step's end (the callback)."""
         noise = comfy.sample.prepare_noise(latent, 0)
+
+        def callback(step, x0, x, total):
+            if stamps is not None:
+                if cuda:
+                    torch.cuda.synchronize()
+                stamps.append(time.perf_counter())
+
         with torch.inference_mode():
-            comfy.sample.sample(m, noise, steps, 1.0, "euler", "normal", cond, cond, latent, disable_pbar=True, seed=0)
+            comfy.sample.sample(m, noise, steps, 1.0, "euler", "normal", cond, cond, latent, disable_pbar=True,
+                                seed=0, callback=callback)
 
     results: dict = {
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
         "torch": torch.__version__, "size": args.size, "latent": h, "unet_dtype": str(unet_dtype),
-        "vae_dtype": str(vae.vae_dtype), "steps_n1_n2": args.steps, "repeats": args.repeats, "quick": args.quick,
+        "vae_dtype": str(vae.vae_dtype), "steps": args.steps, "repeats": args.repeats, "quick": args.quick,
         "sampler": "euler", "cfg": 1.0, "w_p": w_p, "inn_presets": {"latent": "latent-paper", "pixel": "pixel-paper"},
         "threads": torch.get_num_threads(),
     }
-    n1, n2 = args.steps
-    step_s, peak = {}, {}
-    for kind in ("unguided", "latent", "pixel"):
-        m = patched(kind, settings.get(kind))
-        sample(m, n1)  # warm-up: loads weights, builds kernels and caches
-        per_step = []
-        with PeakMemory(cuda) as mem:
-            for _ in range(args.repeats):
-                t1 = timed(lambda: sample(m, n1), cuda)
-                t2 = timed(lambda: sample(m, n2), cuda)
-                per_step.append((t2 - t1) / (n2 - n1))
-        step_s[kind] = statistics.median(per_step)
-        peak[kind] = mem.peak
-        log(f"{kind:9s} {step_s[kind] * 1e3:9.1f} ms/step  peak {mem.peak / 2**20:8.0f} MiB  ({per_step})")
+    kinds = ("unguided", "latent", "pixel")
+    patched_models = {k: patched(k, settings.get(k)) for k in kinds}
+    for k in kinds:
+        sample(patched_models[k], 2)  # warm-up: loads weights, builds kernels and caches
+    # Round-robin over the modes, so that a busy machine slows all of them alike.
+    per_step = {k: [] for k in kinds}
+    peak = {k: 0 for k in kinds}
+    for _ in range(args.repeats):
+        for k in kinds:
+            stamps: list = []
+            with PeakMemory(cuda) as mem:
+                sample(patched_models[k], args.steps, stamps)
+            peak[k] = max(peak[k], mem.peak)
+            per_step[k] += [b - a for a, b in zip(stamps, stamps[1:])]
+    step_s = {}
+    for k in kinds:
+        step_s[k] = statistics.median(per_step[k])
+        log(f"{k:9s} {step_s[k] * 1e3:9.1f} ms/step  peak {peak[k] / 2**20:8.0f} MiB  "
+            f"(steps: {', '.join(f'{v * 1e3:.0f}' for v in per_step[k])} ms)")
 
     # One decoder forward + backward at the same size, as the PixelINN step does it.
     ae = gp.ComfyVAEAutoencoder(vae)
@@ -256,12 +269,14 @@ def main(argv=None) -> dict:
     log(f"decoder fwd+bwd {step_s['decoder_fwd_bwd'] * 1e3:9.1f} ms  peak {mem.peak / 2**20:8.0f} MiB")
 
     # Whole runs with the paper's schedules.
-    whole = {}
-    for kind in ("unguided", "latent", "pixel"):
-        m = patched(kind, paper.get(kind))
-        whole[kind] = statistics.median(timed(lambda: sample(m, args.whole_steps), cuda)
-                                        for _ in range(max(1, args.repeats - 1)))
-        log(f"whole run {kind:9s} {whole[kind]:8.2f} s ({args.whole_steps} steps)")
+    paper_models = {k: patched(k, paper.get(k)) for k in kinds}
+    runs = {k: [] for k in kinds}
+    for _ in range(max(1, args.repeats - 1)):
+        for k in kinds:
+            runs[k].append(timed(lambda: sample(paper_models[k], args.whole_steps), cuda))
+    whole = {k: statistics.median(runs[k]) for k in kinds}
+    for k in kinds:
+        log(f"whole run {k:9s} {whole[k]:8.2f} s ({args.whole_steps} steps)")
 
     results.update({
         "step_seconds": step_s,

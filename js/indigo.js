@@ -340,8 +340,18 @@ function loadImageDims(url) {
 
 /** Size {w, h} of a Load Image file, or null (unknown yet: the load is started, ctx.pending gets it). */
 function loadImageSize(node, ctx) {
-  let value = widgetValue(node, "image");
+  const widget = node.widgets?.find((w) => w.name === "image");
+  let value = widget?.value;
   if (!value || typeof value !== "string") return null;
+  const listed = widget.options?.values;
+  if (Array.isArray(listed) && !listed.includes(value)) return null; // not on the server: nothing to measure
+  const shown = node.imgs?.[0]; // the preview the frontend loaded, if it is of this file
+  if (shown?.complete && shown.naturalWidth > 0) {
+    const params = new URL(shown.src, window.location.href).searchParams;
+    if (params.get("filename") === value.replace(/ \[(input|output|temp)\]$/, "").split("/").pop()) {
+      return { w: shown.naturalWidth, h: shown.naturalHeight };
+    }
+  }
   let type = "input";
   const m = value.match(/^(.*) \[(input|output|temp)\]$/);
   if (m) [, value, type] = m;
@@ -569,6 +579,25 @@ export async function checkSizes({ announceAll = false } = {}) {
   return found.map(({ node, message }) => ({ node: node.id, message }));
 }
 
+/** What the size check sees for guidance node `id`: {inn, measurement, outputs} (null = unknown). */
+export async function sizesOf(id) {
+  const node = findNode(id);
+  if (!node) return null;
+  let ctx = { pending: [] };
+  const read = () => ({
+    inn: innFacts(source(node, "inn"), ctx),
+    measurement: imageSize(source(node, "measurement"), ctx),
+    outputs: guidedLatentSizes(node, ctx),
+  });
+  let seen = read();
+  for (let round = 0; round < 3 && ctx.pending.length; round++) {
+    await Promise.all(ctx.pending);
+    ctx = { pending: [] };
+    seen = read();
+  }
+  return seen;
+}
+
 function startWatcher() {
   let busy = false;
   setInterval(async () => {
@@ -621,7 +650,7 @@ app.registerExtension({
     wrapQueue();
     startWatcher();
     // For scripts and tests: the same checks the UI runs.
-    window.comfyIndigo = { checkSizes, innBadgeText, version: 1 };
+    window.comfyIndigo = { checkSizes, sizesOf, innBadgeText, version: 1 };
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {

@@ -17,7 +17,8 @@ from ..indigo_core.errors import IndigoError, WeightsFileError
 from .common import CATEGORY
 from .guidance_inputs import DEGRADATION
 from .guidance_patch import image_to_bchw
-from .host import MODEL_FOLDER, find_model, io, list_models, model_folders
+from .bundled import ESTIMATOR_FORMAT, find_with_bundled, list_with_bundled
+from .host import MODEL_FOLDER, io, model_folders
 
 _cache: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
 _lock = threading.Lock()
@@ -72,8 +73,9 @@ class DegradationEstimate(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The degraded image y at its native size (what the guidance gets as "
                                                 "measurement). One embedding per batch item."),
-                io.Combo.Input("estimator_name", options=list_models(),
-                               tooltip="Estimator file in models/indigo/: the pack's .safetensors or a KDSR "
+                io.Combo.Input("estimator_name", options=list_with_bundled(ESTIMATOR_FORMAT),
+                               tooltip="Estimator file: the pack's bundled indigo-estimator.safetensors (listed "
+                                       "first), or a file in models/indigo/: the pack's .safetensors or a KDSR "
                                        "checkpoint (e.g. KDSRS-GANV2.pth). Press R after adding files."),
             ],
             outputs=[DEGRADATION.Output("degradation", display_name="degradation",
@@ -82,7 +84,7 @@ class DegradationEstimate(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, estimator_name) -> io.NodeOutput:
-        path = find_model(estimator_name)
+        path = find_with_bundled(estimator_name, ESTIMATOR_FORMAT)
         if path is None:
             raise WeightsFileError(estimator_name, f"not found in the '{MODEL_FOLDER}' model folders {model_folders()}")
         y = image_to_bchw(image, "image")

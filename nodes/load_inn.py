@@ -11,7 +11,8 @@ import torch
 
 from ..indigo_core.errors import IndigoError, WeightsFileError
 from .common import CATEGORY, INN, inn_summary
-from .host import MODEL_FOLDER, find_model, io, list_models, model_folders
+from .bundled import BUNDLED_DIR, INN_FORMAT, find_with_bundled, list_with_bundled
+from .host import MODEL_FOLDER, io, model_folders
 
 #: How many loaded INNs stay in memory (a few MB each for the paper's sizes).
 CACHE_SIZE = 4
@@ -83,12 +84,18 @@ def clear_cache() -> None:
         _cache.clear()
 
 
+def find_model(inn_name: str):
+    """Full path of a listed INN name (the model folders first, then the bundled INNs), or None."""
+    return find_with_bundled(inn_name, INN_FORMAT)
+
+
 def resolve(inn_name: str) -> str:
     """Full path of a listed file name, or a WeightsFileError naming the folders searched."""
     path = find_model(inn_name)
     if path is None:
         raise WeightsFileError(
-            inn_name, f"not found in the '{MODEL_FOLDER}' model folders {model_folders()}"
+            inn_name, f"not found in the '{MODEL_FOLDER}' model folders {model_folders()} or among the "
+                      f"pack's bundled INNs ({BUNDLED_DIR})"
         )
     return path
 
@@ -110,11 +117,11 @@ class LoadINN(io.ComfyNode):
             inputs=[
                 io.Combo.Input(
                     "inn_name",
-                    options=list_models(),
+                    options=list_with_bundled(INN_FORMAT),
                     tooltip=(
-                        "INN weights file in models/indigo/ (or an 'indigo:' folder of "
-                        "extra_model_paths.yaml): .safetensors saved by the pack, or an INDIGO+ "
-                        ".pth. Press R after adding files to refresh the list."
+                        "INN weights file: the pack's bundled INNs (listed first), or a file in "
+                        "models/indigo/ (or an 'indigo:' folder of extra_model_paths.yaml): .safetensors "
+                        "saved by the pack, or an INDIGO+ .pth. Press R after adding files to refresh the list."
                     ),
                 ),
             ],
@@ -134,7 +141,8 @@ class LoadINN(io.ComfyNode):
     def validate_inputs(cls, inn_name: str) -> bool | str:
         # ComfyUI 0.3.75 does not check V3 combo values against the list: refuse at queue time.
         if find_model(inn_name) is None:
-            return f"INN file {inn_name!r} not found in the '{MODEL_FOLDER}' model folders {model_folders()}"
+            return (f"INN file {inn_name!r} not found in the '{MODEL_FOLDER}' model folders {model_folders()} "
+                    f"or among the pack's bundled INNs")
         return True
 
     @classmethod

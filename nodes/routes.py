@@ -14,14 +14,12 @@ serves them.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
 from ..indigo_core.errors import IndigoError
-from .host import MODEL_FOLDER, add_json_route, find_model
-
-log = logging.getLogger("comfyui_indigo")
+from .host import MODEL_FOLDER, add_json_route
+from .load_inn import find_model
 
 INN_INFO_PATH = "/indigo/inn_info"
 
@@ -50,7 +48,8 @@ def inn_info(query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         return 400, {"ok": False, "error": "expected a query parameter 'name' (an INN file name as Load INN lists it)"}
     path = find_model(name)
     if path is None:
-        return 200, {"ok": False, "error": f"INN file {name!r} is not in the '{MODEL_FOLDER}' model folders"}
+        return 200, {"ok": False, "error": f"INN file {name!r} is neither in the '{MODEL_FOLDER}' model folders nor "
+                                   "among the pack's bundled INNs"}
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".pth":

@@ -58,7 +58,8 @@ fi
 
 ae_dir="$work/ae"; unet_dir="$work/unet"
 # After the AE loop: its export, the UNet set-up (~0.4 min), the UNet loop and its export (~0.5 min).
-ae_budget=$(min_of "$ae_min" "$(left_min 4.4)")
+reserve=$("$py" -c "print(float('$unet_min') + 0.9)")
+ae_budget=$(min_of "$ae_min" "$(left_min "$reserve")")
 say "autoencoder: ${ae_budget} min"
 timeout $(( ${ae_budget%.*} * 60 + 240 )) "$py" $pyflags -m indigo_core.prior.train autoencoder \
   --data "$data/train" --val-data "$data/val" --out "$ae_dir" --overwrite \

@@ -334,8 +334,10 @@ def main(argv=None) -> int:
                     (OUT / f"{name}.json").write_text(json.dumps(graph, indent=1) + "\n")
                     browser.js(bh.FIT_VIEW_JS, True)
                     browser.page.wait_for_timeout(500)
+                    clip = browser.js(bh.FIT_VIEW_JS, True)  # again: the view has settled
+                    browser.page.wait_for_timeout(300)
                     png = Path(tmp) / f"{name}.png"
-                    browser.page.screenshot(path=str(png))
+                    browser.page.screenshot(path=str(png), clip=clip)
                     thumbnail(png, OUT / f"{name}.jpg", spec["title"])
                     print(f"wrote workflows/{name}.json and .jpg ({len(graph['nodes'])} nodes)")
                 errors = browser.errors()

@@ -167,8 +167,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     mean_c, std_c = latent_stats(ae, sampler, args.stats_crops)
     before = evaluate(ae, val_crops)
     ae.normalise_latents(mean_c, std_c)
-    factors, bias = latent_rgb_factors(ae.cpu(), sampler(min(32, args.stats_crops)).cpu())
-    ae.to(device)
+    factors, bias = latent_rgb_factors(ae, sampler(min(32, args.stats_crops)))
     check_mean, check_std = latent_stats(ae, sampler, min(64, args.stats_crops))
 
     out_file = out / VAE_FILE
@@ -192,7 +191,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         "data": {"train_images": len(images), "val_images": len(val_images), "split": split,
                  "augmentation": f"random {args.crop}x{args.crop} crops (area-weighted image choice), horizontal flips",
                  "small_images": f"shorter sides below {args.crop} upscaled (bicubic) to {args.crop}"},
-        "training": {"steps": step, "init": args.init, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
+        "training": {"steps": step, "init": args.init, "init_logvar": args.init_logvar, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
                      "optimizer": "AdamW(0.9, 0.99), grad-norm clip 1, warm-up then cosine over the time budget",
                      "loss": f"L1 + {args.ssim_weight} (1 - SSIM) + {args.kl_weight} KL/(3HW); z sampled from the posterior",
                      "amp": "bf16" if (args.amp and device.type == "cuda") else "float32",

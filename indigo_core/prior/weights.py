@@ -21,8 +21,8 @@ from torch import Tensor
 
 from ..errors import ConfigError, WeightsFileError
 from ..io.weights import check_state_dict, read_header, read_weights_file, write_weights_file
-from .autoencoder import (AutoencoderConfig, AutoencoderKL, diffusers_to_ldm, infer_config,
-                          is_diffusers_layout, strip_prefixes)
+from .autoencoder import AutoencoderConfig, AutoencoderKL
+from .convert import diffusers_to_ldm, infer_config, is_diffusers_layout, strip_prefixes
 from .schedule import DiscreteSchedule
 from .unet import EpsUNet, UNetConfig
 

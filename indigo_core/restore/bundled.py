@@ -8,8 +8,8 @@ PACK_ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = PACK_ROOT / "models"
 PRIOR_DIR = MODELS_DIR / "prior"
 
-PIXEL_INN = "indigo-pixel-x4.safetensors"
-LATENT_INN = "indigo-latent.safetensors"
+PIXEL_INN = "indigo-pixel-inn-x4.safetensors"
+LATENT_INN = "indigo-latent-inn.safetensors"
 ESTIMATOR = "indigo-estimator.safetensors"
 PRIOR_VAE = "indigo-prior-vae.safetensors"
 PRIOR_UNET = "indigo-prior-unet.safetensors"

@@ -25,13 +25,15 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import ConfigError, DatasetError, IndigoError
-from .pipeline import MODES, RestoreSettings, load_models, restore_image
+from .pipeline import MODES, RestoreSettings, default_settings, load_models, restore_image
 from .sampler import SAMPLERS, SCHEDULERS
 
 log = logging.getLogger("indigo_core.restore")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-_DEFAULTS = RestoreSettings()
+#: Options that fill RestoreSettings fields (None: the mode's default).
+SETTING_OPTIONS = ("steps", "denoise", "seed", "sampler", "scheduler", "scale", "zeta", "latent_iterations",
+                   "step_size", "w_dc", "w_p", "max_step", "regulariser_end", "refine_lr", "colour_fix")
 
 
 class OutputExistsError(IndigoError, FileExistsError):
@@ -40,10 +42,10 @@ class OutputExistsError(IndigoError, FileExistsError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m indigo_core.restore", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                epilog=_defaults_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", type=Path, help="a degraded image, or a folder of them (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    p.add_argument("--mode", choices=MODES, default=_DEFAULTS.mode,
+    p.add_argument("--mode", choices=MODES, default="latent",
                    help="latent: LatentINN guidance (Alg. 2); pixel: PixelINN guidance (Alg. 1); the others "
                         "are baselines: unguided sampling, bicubic, the INN inverse with zero details")
     g = p.add_argument_group("models (default: the files bundled with the pack)")
@@ -54,27 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prior-vae", help="the prior's autoencoder (the pack's file or an SD VAE file)")
     g.add_argument("--prior-unet", help="the prior's UNet (the pack's format)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=int, default=_DEFAULTS.steps, help="sampler steps run")
-    g.add_argument("--denoise", type=float, default=_DEFAULTS.denoise,
+    g.add_argument("--steps", type=int, default=None, help="sampler steps run")
+    g.add_argument("--denoise", type=float, default=None,
                    help="strength: start from E(up(y)) noised to this fraction of the schedule (1: from noise)")
-    g.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="noise seed (the same for every image)")
-    g.add_argument("--sampler", choices=SAMPLERS, default=_DEFAULTS.sampler)
-    g.add_argument("--scheduler", choices=SCHEDULERS, default=_DEFAULTS.scheduler)
-    g.add_argument("--scale", type=int, default=_DEFAULTS.scale, help="upscaling factor (the INNs' x4)")
+    g.add_argument("--seed", type=int, default=None, help="noise seed (the same for every image)")
+    g.add_argument("--sampler", choices=SAMPLERS, default=None)
+    g.add_argument("--scheduler", choices=SCHEDULERS, default=None)
+    g.add_argument("--scale", type=int, default=None, help="upscaling factor (the INNs' x4)")
     g = p.add_argument_group("guidance")
-    g.add_argument("--zeta", type=float, default=_DEFAULTS.zeta, help="LatentINN interpolation strength")
-    g.add_argument("--latent-iterations", type=int, default=_DEFAULTS.latent_iterations,
+    g.add_argument("--zeta", type=float, default=None, help="LatentINN interpolation strength")
+    g.add_argument("--latent-iterations", type=int, default=None,
                    help="LatentINN updates per step")
-    g.add_argument("--step-size", type=float, default=_DEFAULTS.step_size, help="PixelINN step (Polyak fraction)")
-    g.add_argument("--w-dc", type=float, default=_DEFAULTS.w_dc, help="PixelINN data-consistency weight")
-    g.add_argument("--w-p", type=float, default=_DEFAULTS.w_p,
+    g.add_argument("--step-size", type=float, default=None, help="PixelINN step (Polyak fraction)")
+    g.add_argument("--w-dc", type=float, default=None, help="PixelINN data-consistency weight")
+    g.add_argument("--w-p", type=float, default=None,
                    help="PixelINN LPIPS weight (needs the LPIPS weights; 0 to guide without)")
-    g.add_argument("--max-step", type=float, default=_DEFAULTS.max_step, help="PixelINN trust region")
-    g.add_argument("--regulariser-end", type=float, default=_DEFAULTS.regulariser_end,
+    g.add_argument("--max-step", type=float, default=None, help="PixelINN trust region")
+    g.add_argument("--regulariser-end", type=float, default=None,
                    help="fraction of the steps with the E(D(z0)) regulariser (0: off)")
-    g.add_argument("--refine-lr", type=float, default=_DEFAULTS.refine_lr,
+    g.add_argument("--refine-lr", type=float, default=None,
                    help="test-time INN refinement learning rate, first half of the steps (0: off)")
-    g.add_argument("--colour-fix", choices=("none", "wavelet", "adain"), default=_DEFAULTS.colour_fix,
+    g.add_argument("--colour-fix", choices=("none", "wavelet", "adain"), default=None,
                    help="colour fix of the result against the upsampled input")
     g = p.add_argument_group("run")
     g.add_argument("--overwrite", action="store_true", help="replace existing output images")
@@ -82,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _defaults_text() -> str:
+    """The epilog: every sampling and guidance option's default, per mode."""
+    lines = ["sampling and guidance options left out take these defaults:"]
+    for mode in ("latent", "pixel"):
+        d = default_settings(mode)
+        lines.append(f"  --mode {mode}: " + ", ".join(f"--{k.replace('_', '-')} {getattr(d, k)}" for k in SETTING_OPTIONS))
+    lines.append("  --mode unguided: those of --mode latent (the same sampling, without guidance)")
+    return "\n".join(lines)
 
 
 def plan(input_path: Path, out: Path) -> list[tuple[Path, Path]]:
@@ -136,11 +148,8 @@ def _write(x: torch.Tensor, path: Path) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> RestoreSettings:
-    return RestoreSettings(
-        mode=args.mode, steps=args.steps, denoise=args.denoise, seed=args.seed, sampler=args.sampler,
-        scheduler=args.scheduler, scale=args.scale, zeta=args.zeta, latent_iterations=args.latent_iterations,
-        step_size=args.step_size, w_dc=args.w_dc, w_p=args.w_p, max_step=args.max_step,
-        regulariser_end=args.regulariser_end, refine_lr=args.refine_lr, colour_fix=args.colour_fix)
+    """The mode's defaults, overridden by every option given on the command line."""
+    return default_settings(args.mode, **{k: getattr(args, k) for k in SETTING_OPTIONS})
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict:

@@ -62,7 +62,7 @@ class RestoreSettings:
     step_size: float = 0.5
     w_dc: float = 2.5
     w_p: float = 1.0
-    max_step: float = 0.5
+    max_step: Optional[float] = 0.5
     regulariser_end: float = 0.3
     refine_lr: float = 0.0
     colour_fix: str = "none"
@@ -92,9 +92,29 @@ class RestoreSettings:
         reg = Schedule.fraction(0.0, self.regulariser_end) if self.regulariser_end > 0 else Schedule.off()
         refine = RefineSettings(lr=self.refine_lr) if self.refine_lr > 0 and mode != "none" else None
         return GuidanceSettings(mode=mode, zeta=self.zeta, latent_iterations=self.latent_iterations,
-                                w_dc=self.w_dc, w_p=self.w_p, step_size=self.step_size, max_step=self.max_step,
+                                w_dc=self.w_dc, w_p=self.w_p, step_size=self.step_size,
+                                max_step=self.max_step if self.max_step and self.max_step > 0 else None,
                                 regulariser=reg if mode != "none" else Schedule.off(), refine=refine,
                                 colour_fix=self.colour_fix)
+
+
+#: Per-mode defaults of `default_settings` (sampling and guidance values chosen on training photos,
+#: see scripts/tune_guidance.py); every other field keeps the RestoreSettings default.
+MODE_DEFAULTS: dict[str, dict] = {
+    "latent": {},
+    "pixel": {},
+}
+
+
+def default_settings(mode: str = "latent", **overrides) -> RestoreSettings:
+    """The settings the CLI uses for `mode`: the mode's tuned defaults, then `overrides`.
+
+    "unguided" takes the LatentINN mode's sampling settings (so it is the same run minus the
+    guidance); the baselines without sampling ignore the sampling fields.
+    """
+    base = dict(MODE_DEFAULTS.get("pixel" if mode == "pixel" else "latent", {}))
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return RestoreSettings(mode=mode, **base)
 
 
 @dataclass

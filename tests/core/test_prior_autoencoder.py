@@ -11,9 +11,9 @@ import torch
 
 from indigo_core.errors import ConfigError, ShapeError, WeightsFileError
 from indigo_core.guidance.autoencoder import Autoencoder
-from indigo_core.prior.autoencoder import (PRESETS, AutoencoderConfig, AutoencoderKL, count_parameters,
-                                           diffusers_to_ldm, infer_config, latent_rgb_factors, strip_prefixes)
-from indigo_core.prior.weights import (AE_FORMAT, load_autoencoder, read_latent_format, save_autoencoder)
+from indigo_core.prior.autoencoder import PRESETS, AutoencoderConfig, AutoencoderKL, count_parameters, latent_rgb_factors
+from indigo_core.prior.convert import diffusers_to_ldm, infer_config, strip_prefixes
+from indigo_core.prior.weights import load_autoencoder, read_latent_format, save_autoencoder
 
 TINY = AutoencoderConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(64,))
 

@@ -26,7 +26,8 @@ from typing import Any, Optional
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("INDIGO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
 #: Settings of a user who has been through the first run: no Templates dialog over the page. The
 #: LOD font size is stored as the value the frontend writes on its first start (writing it before
 #: its definition is registered is a frontend 1.32.9 start-up race that logs a TypeError).
@@ -200,17 +201,22 @@ BUILD_GRAPH_JS = """
 }
 """
 
-#: Load a UI-format workflow the way the Templates browser does; report what the page has then.
+#: Load a UI-format workflow the way the Templates browser does; report what the page has then:
+#: node count and types, types the frontend does not know, nodes marked with errors, and the
+#: toasts (e.g. the frontend's "Invalid workflow against zod schema" alert) shown while loading.
 LOAD_WORKFLOW_JS = """
 async ([workflow, name]) => {
+  app.extensionManager.toast.removeAll();
+  await new Promise((r) => setTimeout(r, 100));
   await app.loadGraphData(workflow, true, true, name);
-  await new Promise((r) => setTimeout(r, 300));
+  await new Promise((r) => setTimeout(r, 400));
   const nodes = app.graph.nodes;
   return {
     count: nodes.length,
     types: nodes.map((n) => n.type),
     unregistered: nodes.map((n) => n.type).filter((t) => !LiteGraph.registered_node_types[t]),
     errors: nodes.filter((n) => n.has_errors).map((n) => `${n.type} #${n.id}`),
+    toasts: [...document.querySelectorAll(".p-toast-message")].map((t) => t.innerText.trim()),
   };
 }
 """
@@ -234,8 +240,16 @@ async (clean) => {
     x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
   }
   const pad = 40;
-  app.canvas.ds.fitToBounds([x0 - pad, y0 - pad, x1 - x0 + 2 * pad, y1 - y0 + 2 * pad], { zoom: 1 });
+  const ds = app.canvas.ds;
+  ds.fitToBounds([x0 - pad, y0 - pad, x1 - x0 + 2 * pad, y1 - y0 + 2 * pad], { zoom: 1 });
   app.canvas.setDirty(true, true);
   app.canvas.draw(true, true);
+  // the graph's rectangle on the page (CSS pixels), e.g. to crop a screenshot to it
+  const el = app.canvas.canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const toPage = (x, y) => [el.left + ((x + ds.offset[0]) * ds.scale) / dpr, el.top + ((y + ds.offset[1]) * ds.scale) / dpr];
+  const [px0, py0] = toPage(x0 - pad / 2, y0 - pad / 2);
+  const [px1, py1] = toPage(x1 + pad / 2, y1 + pad / 2);
+  return { x: Math.max(0, px0), y: Math.max(0, py0), width: px1 - Math.max(0, px0), height: py1 - Math.max(0, py0) };
 }
 """

@@ -50,6 +50,29 @@ TEST_PRIOR = ("indigo-browsertest-unet.safetensors", "indigo-browsertest-vae.saf
 RUN_SIZE, RUN_STEPS = 64, 4
 
 
+def _doc_rows(page: str) -> dict[str, str]:
+    """{input name: default cell} of a help page's inputs table (rows "| `name` | type | default | ...")."""
+    rows = {}
+    section = page.split("## Inputs", 1)[-1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 5 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[2]
+    return rows
+
+
+def _same_default(cell: str, default) -> bool:
+    text = cell.strip("`")
+    if isinstance(default, bool):
+        return text == str(default).lower()
+    if isinstance(default, (int, float)):
+        try:
+            return float(text) == float(default)
+        except ValueError:
+            return False
+    return text == str(default)
+
+
 def _nodes_of(workflow: dict, node_type: str) -> list[dict]:
     return [n for n in workflow["nodes"] if n["type"] == node_type]
 
@@ -93,17 +116,22 @@ def files(comfy_server) -> dict:
     """Every model and input file the workflows name, made where the pack does not ship it."""
     from indigo_core.estimator import EstimatorConfig, build_estimator, save_estimator
 
-    listed = set(comfy_server.object_info("INDIGO_LoadINN")["input"]["required"]["inn_name"][1]["options"])
+    def options(node_id: str, name: str) -> set:
+        return set(comfy_server.object_info(node_id)["input"]["required"][name][1]["options"])
+
+    inns, estimators = options("INDIGO_LoadINN", "inn_name"), options("INDIGO_DegradationEstimate", "estimator_name")
     made: dict = {"inns": {}, "prior": None}
     for wf in WORKFLOWS.values():
-        for name in _widget_values(wf, "INDIGO_LoadINN") - listed:
+        for name in _widget_values(wf, "INDIGO_LoadINN") - inns:
             preset = "pixel-small" if "pixel" in name else "latent-small"
             write_random_inn(comfy_server.models_dir / name, preset)
             made["inns"][name] = preset
-        for name in _widget_values(wf, "INDIGO_DegradationEstimate") - listed:
+            inns.add(name)
+        for name in _widget_values(wf, "INDIGO_DegradationEstimate") - estimators:
             torch.manual_seed(0)
             save_estimator(build_estimator(EstimatorConfig.preset("small")).eval(), comfy_server.models_dir / name,
                            overwrite=True)
+            estimators.add(name)
         for name in _widget_values(wf, "LoadImage"):
             _png(comfy_server.base_dir / "input" / name, 128, 128)
     wanted = _widget_values(WORKFLOWS[RUN_WORKFLOW], "INDIGO_LoadPrior") | \
@@ -201,9 +229,16 @@ def test_every_node_has_help_page_and_tooltips(comfy_server) -> None:
         for section in ("## Inputs", "## Outputs"):
             if section not in page:
                 problems.append(f"{node_id}.md: no '{section}' section")
-        for name in inputs:
-            if f"`{name}`" not in page:
-                problems.append(f"{node_id}.md: input `{name}` not described")
+        if "| Input | Type | Default | Default from | What it is |" not in page:
+            problems.append(f"{node_id}.md: the inputs table lacks the common columns")
+        rows = _doc_rows(page)
+        for name, spec in inputs.items():
+            if name not in rows:
+                problems.append(f"{node_id}.md: input `{name}` not in the inputs table")
+                continue
+            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if "default" in opts and not _same_default(rows[name], opts["default"]):
+                problems.append(f"{node_id}.md: `{name}` default {rows[name]!r}, the node's is {opts['default']!r}")
         for name in node["output_name"]:
             if f"`{name}`" not in page:
                 problems.append(f"{node_id}.md: output `{name}` not described")
@@ -257,6 +292,7 @@ def test_workflow_loads_cleanly(ui, comfy_server, name) -> None:
     report = _load(ui, name)
     assert report["unregistered"] == [], f"{name}: missing node types {report['unregistered']}"
     assert report["errors"] == [] and report["count"] == len(WORKFLOWS[name]["nodes"]), report
+    assert report["toasts"] == [], f"{name}: the frontend complained while loading it: {report['toasts']}"
     ui.page.wait_for_timeout(600)  # previews, INN badges
     ui.js(bh.FIT_VIEW_JS)
     ui.screenshot(f"workflow_{name}")
@@ -345,6 +381,9 @@ def test_size_mismatch_is_flagged_before_queueing(ui) -> None:
     ui.page.wait_for_timeout(2500)  # a few rounds of the background check
     assert _warning(ui, sampler) is None, "a matching graph was flagged"
     assert ui.js("() => window.comfyIndigo.checkSizes()") == []
+    seen = ui.js("(id) => window.comfyIndigo.sizesOf(id)", _node_id(ui, sampler))  # the check saw every size
+    assert seen["measurement"] == {"w": 16, "h": 16} and seen["outputs"] == [{"w": RUN_SIZE, "h": RUN_SIZE}], seen
+    assert (seen["inn"]["domain"], seen["inn"]["scale"]) == ("pixel", 4), seen
     _set_widgets(ui, "LoadImage", {"image": "indigo_test_20x12.png"})
     _wait_warning(ui, sampler, True)
     message = _warning(ui, sampler)
@@ -365,8 +404,23 @@ def test_size_mismatch_is_flagged_before_queueing(ui) -> None:
     _set_widgets(ui, "LoadImage", {"image": "indigo_test_64x64.png"})
     ui.page.wait_for_timeout(2500)
     assert _warning(ui, sampler) is None
+    seen = ui.js("(id) => window.comfyIndigo.sizesOf(id)", _node_id(ui, sampler))
+    assert seen["measurement"] == {"w": 64, "h": 64} and seen["inn"]["domain"] == "latent", seen
     _set_widgets(ui, "LoadImage", {"image": "indigo_test_20x12.png"})
     _wait_warning(ui, sampler, True)
     assert "aspect ratio" in _warning(ui, sampler)
     ui.screenshot("size_mismatch_latent_inn")
+
+    # Apply INDIGO Guidance: the output size is found downstream (KSampler <- VAE Encode <- Upscale Image)
+    guide = "INDIGO_ApplyGuidance"
+    _load(ui, "indigo_sd15_checkpoint_apply_guidance")
+    _set_widgets(ui, "LoadImage", {"image": "indigo_test_16x16.png"})
+    _set_widgets(ui, "ImageScale", {"width": RUN_SIZE, "height": RUN_SIZE})
+    seen = ui.js("(id) => window.comfyIndigo.sizesOf(id)", _node_id(ui, guide))
+    assert seen["outputs"] == [{"w": RUN_SIZE, "h": RUN_SIZE}] and seen["measurement"] == {"w": 16, "h": 16}, seen
+    ui.page.wait_for_timeout(1500)
+    assert _warning(ui, guide) is None
+    _set_widgets(ui, "ImageScale", {"width": 80, "height": RUN_SIZE})
+    _wait_warning(ui, guide, True)
+    assert "needs exactly 20×16" in _warning(ui, guide), _warning(ui, guide)
     assert ui.errors(mark) == []

@@ -162,3 +162,41 @@ def test_broken_estimator_file_returns_the_packs_error(comfy_server, files):
     data = next(d for e, d in entry["status"]["messages"] if e == "execution_error")
     assert data["exception_type"].endswith("WeightsFileError") and data["node_id"] == "est"
     assert ESTIMATOR_BROKEN in history_error(entry)
+
+
+def test_per_step_values_reach_the_frontend(comfy_server, files):
+    """The Guided KSampler sends one 'indigo.progress' message per step over the websocket."""
+    import asyncio
+    import json
+    import uuid
+
+    import aiohttp
+
+    client_id = str(uuid.uuid4())
+    graph = _graph("guided", inn=INN_PIXEL, extra={"max_step": 0.0})
+    graph["s"]["inputs"]["steps"] = 3
+
+    async def collect():
+        events = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{comfy_server.url}/ws?clientId={client_id}") as ws:
+                async with session.post(f"{comfy_server.url}/prompt",
+                                        json={"prompt": graph, "client_id": client_id}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    prompt_id = (await resp.json())["prompt_id"]
+                while True:
+                    msg = await asyncio.wait_for(ws.receive(), timeout=240)
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue  # binary previews
+                    data = json.loads(msg.data)
+                    events.append(data)
+                    done = data["type"] in ("execution_success", "execution_error") and \
+                        data["data"].get("prompt_id") == prompt_id
+                    if done:
+                        return events
+
+    events = asyncio.run(collect())
+    assert events[-1]["type"] == "execution_success", events[-1]
+    ours = [e["data"] for e in events if e["type"] == "indigo.progress"]
+    assert [e["step"] for e in ours] == [0, 1, 2]
+    assert all(e["node"] == "s" and e["steps"] == 3 and len(e["residual"]) == 1 for e in ours)

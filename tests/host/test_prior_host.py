@@ -96,13 +96,13 @@ def _ldm_to_diffusers(sd: dict) -> dict:
 def test_diffusers_conversion_agrees_with_comfy(comfy_inprocess) -> None:
     import comfy.diffusers_convert
 
-    ae_mod, _ = _prior(comfy_inprocess)
+    convert = comfy_inprocess.module("indigo_core.prior.convert")
     ae = _ae(comfy_inprocess, ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=2)  # SD's block structure
     ldm = ae.state_dict()
     diffusers = _ldm_to_diffusers(ldm)
     assert "decoder.up_blocks.0.upsamplers.0.conv.weight" in diffusers  # coarsest level first
     comfy_sd = comfy.diffusers_convert.convert_vae_state_dict(dict(diffusers))
-    ours = ae_mod.diffusers_to_ldm(diffusers)
+    ours = convert.diffusers_to_ldm(diffusers)
     assert set(comfy_sd) == set(ours) == set(ldm)
     for k in ldm:
         assert torch.equal(comfy_sd[k], ldm[k]) and torch.equal(ours[k], ldm[k]), k

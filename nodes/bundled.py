@@ -1,0 +1,46 @@
+"""The model files that ship with the pack (``<pack>/models/*.safetensors``) next to the user's.
+
+Load INN and Degradation Estimate list the bundled files of their kind first (by bare file name),
+then every file of ``models/indigo/`` (and ``indigo:`` folders of extra_model_paths.yaml). A user
+file with the same name as a bundled one takes precedence when loading.
+The prior's files (``<pack>/models/prior/``) are Load INDIGO Prior's, see load_prior.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .host import find_model, list_models
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+INN_FORMAT = "indigo-inn"
+ESTIMATOR_FORMAT = "indigo-estimator"
+
+
+def _format_of(path: Path) -> Optional[str]:
+    from ..indigo_core.errors import IndigoError
+    from ..indigo_core.io.weights import read_header
+
+    try:
+        return read_header(path)[1].get("format")
+    except (IndigoError, OSError):
+        return None
+
+
+def bundled_models(fmt: str) -> dict[str, str]:
+    """{file name: full path} of the bundled files whose header says format ``fmt``."""
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {p.name: str(p) for p in sorted(BUNDLED_DIR.glob("*.safetensors")) if _format_of(p) == fmt}
+
+
+def list_with_bundled(fmt: str) -> list[str]:
+    """Bundled files of format ``fmt`` first, then the model folders' files (no duplicates)."""
+    bundled = list(bundled_models(fmt))
+    return bundled + [name for name in list_models() if name not in bundled]
+
+
+def find_with_bundled(name: str, fmt: str) -> Optional[str]:
+    """Full path of a listed name: the model folders' file, else the bundled one, else None."""
+    return find_model(name) or bundled_models(fmt).get(name)

@@ -1,0 +1,181 @@
+"""The demo: restore a bundled photo end to end through a real ComfyUI, with nothing downloaded.
+
+    ./scripts/demo.sh [--photo FILE] [--crop N] [--out DIR]
+
+Starts ComfyUI headless on 127.0.0.1 with the pack in its custom_nodes (tests/host/host_harness.py's
+server), queues workflows/api/indigo_demo_restore_compare.json on the photo (degraded there with
+the x4 medium preset) and writes into --out:
+
+    latent_inn.png   the LatentINN restoration      pixel_inn.png  the PixelINN restoration
+    degraded.png     the measurement y              comparison.png degraded input, bicubic, LatentINN,
+    metrics.md       the printed table                             PixelINN, ground truth (PSNR, LPIPS)
+
+Run it through scripts/demo.sh, which prepares the environment first (scripts/setup_env.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
+import host_harness  # noqa: E402  (the server runner the host tests use)
+
+WORKFLOW = REPO_ROOT / "workflows" / "api" / "indigo_demo_restore_compare.json"
+DEFAULT_PHOTO = REPO_ROOT / "assets" / "photos" / "gcompris_chambord.png"
+INPUT_NAME = "indigo_demo_photo.png"
+#: SaveImage node of each output file, and the CompareImages node with the metrics text.
+SAVED = {"latent_inn.png": "16", "pixel_inn.png": "17", "comparison.png": "18", "degraded.png": "20"}
+COMPARE_NODE = "15"
+REQUIRED_MODELS = ("models/indigo-latent-inn.safetensors", "models/indigo-pixel-inn-x4.safetensors",
+                   "models/indigo-estimator.safetensors", "models/prior/indigo-prior-unet.safetensors",
+                   "models/prior/indigo-prior-vae.safetensors")
+
+
+def say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def load_workflow(steps: int | None = None) -> dict:
+    graph = json.loads(WORKFLOW.read_text())
+    if steps is not None:
+        for node in graph.values():
+            if node["class_type"] == "INDIGO_GuidedKSampler":
+                node["inputs"]["steps"] = int(steps)
+    return graph
+
+
+def prepare_photo(photo: Path, crop: int | None, target: Path) -> tuple[int, int]:
+    """Copy the photo (its centre crop x crop if given; sides cut to multiples of 32) to `target`."""
+    from PIL import Image
+
+    with Image.open(photo) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        cw, ch = (crop, crop) if crop else (w, h)
+        cw, ch = min(cw, w) // 32 * 32, min(ch, h) // 32 * 32
+        if cw < 32 or ch < 32:
+            raise SystemExit(f"{photo}: expected at least 32x32 pixels, got {w}x{h}")
+        left, top = (w - cw) // 2, (h - ch) // 2
+        im.crop((left, top, left + cw, top + ch)).save(target)
+    return cw, ch
+
+
+async def _follow(server, graph: dict, timeout: float) -> str:
+    """Queue `graph` and show its progress from the server's websocket; returns the prompt id."""
+    import aiohttp
+    from tqdm import tqdm
+
+    client_id = str(uuid.uuid4())
+    titles = {k: v.get("_meta", {}).get("title", v["class_type"]) for k, v in graph.items()}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}") as ws:
+            status, body = server.queue(graph, client_id)
+            if status != 200:
+                raise SystemExit(f"ComfyUI refused the workflow (HTTP {status}):\n{json.dumps(body, indent=1)}")
+            prompt_id = body["prompt_id"]
+            bar, t0 = None, time.monotonic()
+            while True:
+                left = timeout - (time.monotonic() - t0)
+                if left <= 0:
+                    server.post("/interrupt", {})
+                    raise SystemExit(f"the workflow did not finish within {timeout:.0f} s")
+                msg = await ws.receive(timeout=left)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        raise SystemExit("lost the connection to ComfyUI")
+                    continue  # binary preview images
+                event = json.loads(msg.data)
+                data = event.get("data", {})
+                if data.get("prompt_id") not in (None, prompt_id):
+                    continue
+                kind = event.get("type")
+                if kind == "executing":
+                    if bar is not None:
+                        bar.close()
+                        bar = None
+                    if data.get("node") is None:
+                        return prompt_id
+                    say(f"running {titles.get(data['node'], data['node'])}")
+                elif kind == "progress":
+                    if bar is None or bar.total != data["max"]:
+                        if bar is not None:
+                            bar.close()
+                        bar = tqdm(total=data["max"], desc="  steps", unit="step", leave=False)
+                    bar.n = data["value"]
+                    bar.refresh()
+                elif kind == "execution_error":
+                    raise SystemExit("the workflow failed: " + host_harness.error_text(data))
+                elif kind == "execution_success":
+                    return prompt_id
+
+
+def collect(server, prompt_id: str, out: Path) -> str:
+    """Copy the saved images into `out`; returns the CompareImages metrics text."""
+    entry = server.history(prompt_id)
+    if entry is None or entry.get("status", {}).get("status_str") != "success":
+        raise SystemExit(f"the workflow did not succeed: {host_harness.history_error(entry or {})}")
+    outputs = entry["outputs"]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, node in SAVED.items():
+        img = outputs[node]["images"][0]
+        src = server.base_dir / "output" / img.get("subfolder", "") / img["filename"]
+        shutil.copyfile(src, out / name)
+    text = outputs[COMPARE_NODE]["text"]
+    return text[0] if isinstance(text, list) else str(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--photo", type=Path, default=DEFAULT_PHOTO, help="ground-truth photo (default: a bundled one)")
+    ap.add_argument("--crop", type=int, default=None, help="use the centre crop of this size (default: whole photo)")
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the workflow's)")
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "demo", help="output folder")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the workflow")
+    args = ap.parse_args(argv)
+
+    t_start = time.monotonic()
+    missing = [m for m in REQUIRED_MODELS if not (REPO_ROOT / m).is_file()]
+    if missing:
+        raise SystemExit(f"the pack's bundled models are missing: {missing}")
+    base = Path(tempfile.mkdtemp(prefix="indigo-demo-"))
+    server = None
+    try:
+        say("starting ComfyUI (headless, 127.0.0.1, CPU) with the pack")
+        server = host_harness.ComfyServer(host_harness.comfyui_path(), base)
+        say(f"ComfyUI ready on {server.url} after {server.boot_seconds:.1f} s")
+        w, h = prepare_photo(args.photo, args.crop, server.base_dir / "input" / INPUT_NAME)
+        say(f"restoring {args.photo.name} ({w}x{h}; degraded x4 with the medium preset inside the workflow)")
+        t0 = time.monotonic()
+        prompt_id = asyncio.run(_follow(server, load_workflow(args.steps), args.timeout))
+        run_s = time.monotonic() - t0
+        table = collect(server, prompt_id, args.out)
+    except host_harness.HostSetupError as exc:
+        raise SystemExit(str(exc)) from exc
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    total = time.monotonic() - t_start
+    header = (f"# comfyui-indigo demo: {args.photo.name}, {w}x{h}, x4 medium degradation\n\n"
+              "Small bundled prior and INNs (trained on a CPU); see README for real-model quality.\n\n")
+    (args.out / "metrics.md").write_text(header + table + "\n")
+    print()
+    print(table)
+    print()
+    say(f"workflow {run_s:.1f} s, demo {total:.1f} s in all")
+    for name in list(SAVED) + ["metrics.md"]:
+        say(f"wrote {args.out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Acceptance measurement of the bundled models, in one command:
+
+    .venv/bin/python scripts/measure_defaults.py [--out runs/measure] [--overwrite]
+
+1. the prior's validation photos (scripts/photo_crops.py: the same split as every bundled model),
+   256x256 centre crops -> <out>/gt/;
+2. the evaluation CLI (`python -m indigo_core.eval`) degrades them with the x4 **medium** preset
+   (seed 0) and runs the restore CLI (`python -m indigo_core.restore`) once per method, all with
+   the bundled models and the CLI's default settings (the same seed):
+       bicubic, unguided (the prior alone, LatentINN's sampling settings), LatentINN, PixelINN,
+       unguided-pixel (the prior alone, PixelINN's sampling settings; only if they differ),
+       LatentINN-inv0 / PixelINN-inv0 (the INN inverse with zero details);
+3. means over the split, differences and the acceptance checks -> <out>/acceptance.md (printed).
+The evaluation's own outputs (results.csv, table.md, grid.png) are in <out>/eval/medium/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, split, write_crops  # noqa: E402
+
+TARGET_PSNR, TARGET_LPIPS = 0.5, 0.05
+
+
+def restore_command(mode: str, extra: str = "") -> str:
+    return f"{shlex.quote(sys.executable)} -m indigo_core.restore {{input}} --out {{output}} --mode {mode} --no-progress {extra}".strip()
+
+
+def methods() -> dict[str, str]:
+    from indigo_core.restore.pipeline import default_settings
+
+    lat, pix = default_settings("latent"), default_settings("pixel")
+    out = {
+        "bicubic": restore_command("bicubic"),
+        "unguided": restore_command("unguided"),
+        "LatentINN": restore_command("latent"),
+        "PixelINN": restore_command("pixel"),
+    }
+    if (pix.steps, pix.denoise, pix.sampler, pix.scheduler) != (lat.steps, lat.denoise, lat.sampler, lat.scheduler):
+        out["unguided-pixel"] = restore_command(
+            "unguided", f"--steps {pix.steps} --denoise {pix.denoise} --sampler {pix.sampler} --scheduler {pix.scheduler}")
+    out["LatentINN-inv0"] = restore_command("latent-inn-zero")
+    out["PixelINN-inv0"] = restore_command("pixel-inn-zero")
+    return out
+
+
+def means(results_csv: Path) -> dict[str, dict[str, float]]:
+    """{method: {metric: mean over the images}} from the evaluation's results.csv."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    with open(results_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("file") in ("*", "") or row.get("method") is None:
+                continue
+            for k in ("psnr", "ssim", "lpips"):
+                v = row.get(k)
+                if v not in (None, "", "nan"):
+                    sums.setdefault(row["method"], {}).setdefault(k, []).append(float(v))
+    return {m: {k: sum(v) / len(v) for k, v in d.items()} for m, d in sums.items()}
+
+
+def acceptance(m: dict[str, dict[str, float]], n: int) -> str:
+    b = m["bicubic"]
+    lines = [f"x4 medium preset, {n} validation photos (256x256 centre crops), means; bundled models, "
+             "restore CLI defaults, seed 0", "",
+             "method | PSNR dB | SSIM | LPIPS | PSNR vs bicubic | LPIPS vs bicubic", "--- | --- | --- | --- | --- | ---"]
+    for name, v in m.items():
+        lines.append(f"{name} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['lpips']:.4f} | "
+                     f"{v['psnr'] - b['psnr']:+.2f} | {v['lpips'] - b['lpips']:+.4f}")
+    lines += ["", "check | result", "--- | ---"]
+    for guided, unguided, inv0 in (("LatentINN", "unguided", "LatentINN-inv0"),
+                                   ("PixelINN", "unguided-pixel" if "unguided-pixel" in m else "unguided",
+                                    "PixelINN-inv0")):
+        g = m[guided]
+        dp, dl = g["psnr"] - b["psnr"], g["lpips"] - b["lpips"]
+        ok = dp >= TARGET_PSNR and dl <= -TARGET_LPIPS
+        lines.append(f"{guided} vs bicubic: {dp:+.2f} dB, LPIPS {dl:+.4f} (target +{TARGET_PSNR} dB and "
+                     f"-{TARGET_LPIPS}) | {'PASS' if ok else 'FAIL'}")
+        du = g["psnr"] - m[unguided]["psnr"]
+        lines.append(f"{guided} vs {unguided} (same prior, seed, steps): {du:+.2f} dB, LPIPS "
+                     f"{g['lpips'] - m[unguided]['lpips']:+.4f} | {'PASS' if du > 0 else 'FAIL'}")
+        di = g["lpips"] - m[inv0]["lpips"]
+        lines.append(f"{guided} vs {inv0} on LPIPS: {di:+.4f} (PSNR {g['psnr'] - m[inv0]['psnr']:+.2f} dB) | "
+                     f"{'PASS' if di < 0 else 'FAIL'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="the project's photo folder")
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "measure")
+    ap.add_argument("--overwrite", action="store_true", help="replace a previous measurement in --out")
+    args = ap.parse_args(argv)
+
+    _, val = split(args.photos)
+    gt = args.out / "gt"
+    write_crops(val, gt)
+    cmd = [sys.executable, "-m", "indigo_core.eval", "--gt", str(gt), "--level", "medium", "--make-inputs",
+           "--seed", "0", "--out", str(args.out / "eval"), "--metrics", "psnr,ssim,lpips", "--restore"]
+    cmd += [f"{name}={command}" for name, command in methods().items()]
+    if args.overwrite:
+        cmd.append("--overwrite")
+    print("running:", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        return proc.returncode
+    text = acceptance(means(args.out / "eval" / "medium" / "results.csv"), len(val))
+    (args.out / "acceptance.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Choose the restore defaults on TRAINING photos (never the validation split the acceptance uses).
+
+    .venv/bin/python scripts/tune_guidance.py --mode latent [--photos N] [--out runs/tune]
+
+Takes N training photos of the prior's split (every k-th by name, 256x256 centre crops), degrades
+them with the x4 medium preset (seed = photo index), and searches the sampling and guidance
+settings one at a time (coordinate search, two passes) from the current defaults of
+`indigo_core.restore.pipeline.default_settings`. The score of a setting is the smaller of its two
+margins over the acceptance target on these photos: min((dPSNR - 0.5) / 0.5, (-dLPIPS - 0.05) / 0.05)
+against bicubic; ties broken by PSNR. Every evaluation goes to <out>/<mode>.csv; the best settings
+are printed (copy them into MODE_DEFAULTS by hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, centre_crop, split  # noqa: E402
+
+import torch  # noqa: E402
+
+SEARCH = {
+    "latent": {"denoise": [0.2, 0.3, 0.4, 0.5, 0.6, 0.8], "steps": [10, 20, 30],
+               "zeta": [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0], "regulariser_end": [0.0, 0.3, 0.6]},
+    "pixel": {"denoise": [0.2, 0.3, 0.4, 0.5, 0.6, 0.8], "steps": [10, 20, 30],
+              "step_size": [0.25, 0.5, 1.0, 1.5], "w_p": [0.0, 0.5, 1.0, 2.0], "max_step": [0.1, 0.25, 0.5, 1.0],
+              "regulariser_end": [0.0, 0.3, 0.6]},
+}
+
+
+def load_set(photos: Path, n: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """[(name, x (1,3,256,256), y (1,3,64,64))] of n training photos."""
+    import numpy as np
+
+    from indigo_core.degradations import degrade
+
+    train, _ = split(photos)
+    pick = train[:: max(1, len(train) // n)][:n]
+    out = []
+    for i, f in enumerate(pick):
+        arr = np.asarray(centre_crop(f), dtype=np.float32) / 255.0
+        x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+        y, _ = degrade(x, "medium", generator=i)
+        out.append((f.stem, x, (y * 255).round() / 255))  # 8-bit, as the files the CLI reads
+    return out
+
+
+class Scorer:
+    def __init__(self, data, mode: str, lpips) -> None:
+        from indigo_core.restore import load_models, restore_image
+        from indigo_core.restore.pipeline import RestoreSettings
+
+        self.data, self.mode, self.lpips, self.restore = data, mode, lpips, restore_image
+        self.models = load_models(mode)
+        bic = load_models("bicubic")
+        self.base = self._metrics(lambda y: restore_image(y, bic, RestoreSettings(mode="bicubic")))
+        self.cache: dict = {}
+
+    def _metrics(self, fn) -> tuple[float, float]:
+        from indigo_core.metrics import psnr
+
+        ps, ls = [], []
+        for _, x, y in self.data:
+            r = fn(y)
+            ps.append(float(psnr(r, x)))
+            ls.append(float(self.lpips(r, x)))
+        return sum(ps) / len(ps), sum(ls) / len(ls)
+
+    def __call__(self, s) -> tuple[float, float, float]:
+        key = dataclasses.astuple(s)
+        if key not in self.cache:
+            p, lp = self._metrics(lambda y: self.restore(y, self.models, s))
+            dp, dl = p - self.base[0], lp - self.base[1]
+            self.cache[key] = (min((dp - 0.5) / 0.5, (-dl - 0.05) / 0.05), p, lp)
+        return self.cache[key]
+
+
+def main(argv=None) -> int:
+    from indigo_core.metrics import load_lpips
+    from indigo_core.restore.pipeline import default_settings
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=sorted(SEARCH), required=True)
+    ap.add_argument("--photos", type=int, default=6, help="how many training photos")
+    ap.add_argument("--photo-dir", type=Path, default=DEFAULT_PHOTOS)
+    ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "tune")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    data = load_set(args.photo_dir, args.photos)
+    print(f"tuning {args.mode} on {len(data)} training photos: {[d[0] for d in data]}", flush=True)
+    scorer = Scorer(data, args.mode, load_lpips("alex"))
+    print(f"bicubic: PSNR {scorer.base[0]:.2f} dB, LPIPS {scorer.base[1]:.4f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    best = default_settings(args.mode)
+    with open(args.out / f"{args.mode}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["pass", "field", "value", "score", "psnr", "lpips", "d_psnr", "d_lpips", "seconds", "settings"])
+        best_score = scorer(best)
+        for p in range(args.passes):
+            for field, values in SEARCH[args.mode].items():
+                for v in values:
+                    cand = dataclasses.replace(best, **{field: v})
+                    t0 = time.perf_counter()
+                    score = scorer(cand)
+                    dt = time.perf_counter() - t0
+                    w.writerow([p, field, v, f"{score[0]:.4f}", f"{score[1]:.3f}", f"{score[2]:.4f}",
+                                f"{score[1] - scorer.base[0]:+.3f}", f"{score[2] - scorer.base[1]:+.4f}", f"{dt:.1f}",
+                                repr(cand)])
+                    f.flush()
+                    print(f"pass {p} {field}={v}: PSNR {score[1] - scorer.base[0]:+.2f} dB, LPIPS "
+                          f"{score[2] - scorer.base[1]:+.4f}, score {score[0]:+.3f} ({dt:.0f} s)", flush=True)
+                    if (score[0], score[1]) > (best_score[0], best_score[1]):
+                        best, best_score = cand, score
+                print(f"  -> {field} = {getattr(best, field)}", flush=True)
+    print(f"best: {best}\n  PSNR {best_score[1]:.2f} dB ({best_score[1] - scorer.base[0]:+.2f}), LPIPS "
+          f"{best_score[2]:.4f} ({best_score[2] - scorer.base[1]:+.4f}), score {best_score[0]:+.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
