@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..indigo_core.errors import ConfigError, DomainError, InputValueError, ShapeError
 from ..indigo_core.guidance import GuidanceRun, GuidanceSettings, step_index_from_sigmas
+from ..indigo_core.guidance.settings import GRADIENT_MODES
 from .host import WrappersMP, frontend_connected, send_event, throw_if_interrupted
 
 log = logging.getLogger("comfyui_indigo")
@@ -112,17 +113,19 @@ def _clamps_default_output(process_output: Callable[[Tensor], Tensor]) -> bool:
 class ComfyVAEAutoencoder:
     """The core's Autoencoder protocol over a ComfyUI ``VAE`` (AutoencoderKL, TAESD, ...).
 
-    ComfyUI's ``VAE.decode`` is not differentiable (preallocated output, device moves, clamp), so
-    this calls the underlying ``first_stage_model`` directly: through the module itself when its
-    tensors can take part in autograd, else through a private frozen copy made once per run
-    (weights loaded by the server are inference tensors). decode maps ComfyUI's [-1,1] output to
-    [0,1] without the clamp (a clamp would zero the guidance gradient at saturated pixels).
+    differentiable=True (gradient modes): ComfyUI's ``VAE.decode`` is not differentiable
+    (preallocated output, device moves, clamp), so this calls the underlying ``first_stage_model``
+    directly: the module itself when its tensors can take part in autograd, else a private frozen
+    copy made once per run (weights loaded by the server are inference tensors). decode maps
+    ComfyUI's [-1,1] output to [0,1] without the clamp (a clamp would zero the guidance gradient
+    at saturated pixels).
+    differentiable=False: ComfyUI's own VAE.encode/decode (memory-managed, no copy, no gradient).
 
     encode(x): (B,3,H,W) in [0,1] -> (B,C,H/d,W/d) in the VAE's own latent space (what ComfyUI's
     VAE Encode returns). decode(z): the inverse direction, roughly in [0,1].
     """
 
-    def __init__(self, vae: Any, device=None) -> None:
+    def __init__(self, vae: Any, device=None, differentiable: bool = True) -> None:
         fsm = getattr(vae, "first_stage_model", None)
         if fsm is None:
             raise ConfigError("vae: expected a VAE with weights, got an empty VAE (the checkpoint holds no VAE?)")
@@ -135,12 +138,29 @@ class ComfyVAEAutoencoder:
         self._process_input = vae.process_input
         self._process_output = vae.process_output
         self._linear_output = _clamps_default_output(vae.process_output)
-        self.module = private_frozen_module(fsm, self.device, self.dtype)
+        self.differentiable = bool(differentiable)
+        if self.differentiable:
+            self.module = private_frozen_module(fsm, self.device, self.dtype)
+        else:
+            # No gradient needed (LatentINN guidance, regulariser, previews): go through ComfyUI's
+            # own VAE.encode/decode, which load and offload the VAE under ComfyUI's memory
+            # management, so no second copy of the VAE is held.
+            self._vae = vae
+            self.module = None
+            self.dtype = None  # ComfyUI casts at its own boundary
 
     def encode(self, x: Tensor) -> Tensor:
+        if not self.differentiable:
+            with torch.no_grad():
+                z = self._vae.encode(x.detach().movedim(1, -1).float())
+            return z.to(self.device, torch.float32)
         return self.module.encode(self._process_input(x.to(self.device)))
 
     def decode(self, z: Tensor) -> Tensor:
+        if not self.differentiable:
+            with torch.no_grad():
+                x = self._vae.decode(z.detach())
+            return x.movedim(-1, 1).to(self.device, torch.float32)
         raw = self.module.decode(z.to(self.device))
         return (raw + 1.0) * 0.5 if self._linear_output else self._process_output(raw)
 
@@ -270,8 +290,11 @@ class GuidanceSpec:
             raise ShapeError(f"degradation: expected a batch of {B} or 1, got {self.degradation.shape[0]}")
 
     # ------------------------------------------------------------------ runs
-    def autoencoder(self, device=None):
-        ae = ComfyVAEAutoencoder(self.vae, device=device)
+    def autoencoder(self, device=None, differentiable: Optional[bool] = None):
+        """The VAE as the core sees it; differentiable by default only for the gradient modes."""
+        if differentiable is None:
+            differentiable = self.settings.mode in GRADIENT_MODES
+        ae = ComfyVAEAutoencoder(self.vae, device=device, differentiable=differentiable)
         if self.vae_tile is not None:
             ae = TiledAutoencoder(ae, *self.vae_tile)
         return ae

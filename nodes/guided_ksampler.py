@@ -23,7 +23,7 @@ def start_latent(spec, latent: dict, device=None) -> dict:
     """The LATENT to start from: E(up(y)) at the input latent's size (VAE space), batch-matched."""
     samples = latent["samples"]
     B, _, h, w = samples.shape
-    ae = spec.autoencoder(device)
+    ae = spec.autoencoder(device, differentiable=False)
     d = ae.downscale
     with torch.inference_mode(False), torch.no_grad():
         y = spec.measurement

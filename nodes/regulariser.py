@@ -55,12 +55,11 @@ class Regulariser(io.ComfyNode):
             z = latent["samples"]
             if z.dim() != 4:
                 raise ShapeError(f"latent: expected an image latent (B,C,h,w), got shape {tuple(z.shape)}")
-            ae = ComfyVAEAutoencoder(vae)
+            ae = ComfyVAEAutoencoder(vae, differentiable=False)
             if z.shape[1] != ae.latent_channels:
                 raise ShapeError(f"latent: expected {ae.latent_channels} channels (the VAE's), got {z.shape[1]}")
-            with torch.inference_mode(False), torch.no_grad():
-                zz = z.detach().clone().to(ae.device, ae.dtype or torch.float32)
-                r = reencode(zz, ae).float()
+            with torch.no_grad():
+                r = reencode(z.detach().float().to(ae.device), ae).float()
             out = dict(latent)
             out["samples"] = r.to(z.device)
         return io.NodeOutput(spec, out)

@@ -28,7 +28,7 @@ def _half(sd: dict) -> dict:
     return {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
 
 
-def package(kind: str, src: Path, out_dir: Path, overwrite: bool) -> Path:
+def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = "") -> Path:
     from indigo_core.errors import WeightsExistError
     from indigo_core.io.weights import read_weights_file, write_weights_file
 
@@ -74,6 +74,8 @@ def package(kind: str, src: Path, out_dir: Path, overwrite: bool) -> Path:
         "packaged_with": f"scripts/package_models.py {kind} {src}",
         "packaged_on": platform.platform(),
     }
+    if note:
+        card["bundled"]["note"] = note
     card_dst.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return dst
 
@@ -84,8 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("src", type=Path, help="the training run's exported .safetensors (card.json next to it)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "models")
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--note", default="", help="a remark on the measured quality, kept in the card")
     args = ap.parse_args(argv)
-    dst = package(args.kind, args.src, args.out, args.overwrite)
+    dst = package(args.kind, args.src, args.out, args.overwrite, args.note)
     print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB) and its card")
     return 0
 

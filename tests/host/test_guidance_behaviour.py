@@ -199,5 +199,47 @@ def test_regulariser_node_reencodes_a_latent(comfy_inprocess, latent_scene):
     out = host.run_node("INDIGO_Regulariser", schedule="off", start=0.0, end=0.3, every=5, vae=s.vae,
                         latent={"samples": z})[1]["samples"]
     with torch.no_grad():
-        expected = s.ae.encode(s.ae.decode(z))
+        expected = s.vae.encode(s.vae.decode(z))  # ComfyUI's own VAE Decode -> VAE Encode
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out, z, atol=1e-2)  # it did something
+
+
+def test_apply_guidance_works_with_ksampler_advanced_and_sampler_custom_advanced(comfy_inprocess, latent_scene):
+    """The patched MODEL guides ComfyUI's other sampler nodes too (same wrapper and hook)."""
+    host, s = comfy_inprocess, latent_scene
+    guided = gh.apply_guidance(host, s, zeta=0.5)
+
+    def advanced(model):
+        return host.run_node("KSamplerAdvanced", model=model, add_noise="enable", noise_seed=3, steps=10, cfg=1.0,
+                             sampler_name="dpmpp_2m", scheduler="karras", positive=s.positive, negative=s.negative,
+                             latent_image=s.latent(), start_at_step=0, end_at_step=10000,
+                             return_with_leftover_noise="disable")[0]["samples"]
+
+    def custom(model):
+        guider = host.run_node("CFGGuider", model=model, positive=s.positive, negative=s.negative, cfg=1.0)[0]
+        sampler = host.run_node("KSamplerSelect", sampler_name="euler_ancestral")[0]
+        sigmas = host.run_node("BasicScheduler", model=model, scheduler="normal", steps=10, denoise=1.0)[0]
+        noise = host.run_node("RandomNoise", noise_seed=3)[0]
+        return host.run_node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                             latent_image=s.latent())[0]["samples"]
+
+    for run in (advanced, custom):
+        ru, rg = s.residual(run(s.model)), s.residual(run(guided))
+        assert rg * 3 <= ru, f"{run.__name__}: unguided {ru:.4f}, guided {rg:.4f}"
+
+
+def test_inn_refine_adapts_a_copy_to_a_new_degradation(comfy_inprocess, pixel_scene):
+    """INN Refine with iterations > 0: a copy of the INN learns an operator it was not built for
+    (bicubic x4 instead of its own coarse part); the input INN stays as it was."""
+    host, s = comfy_inprocess, pixel_scene
+    y_new = torch.nn.functional.interpolate(s.x_star, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
+    before = gh.state_hash(s.inn)
+    refine, adapted = host.run_node("INDIGO_INNRefine", schedule="fraction", start=0.0, end=0.5, every=1, lr=5e-5,
+                                    iterations=30, adapt_lr=3e-3, inverse_weight=1.0, inn=s.inn,
+                                    reference=gh.to_image(s.x_star), measurement=gh.to_image(y_new)).outputs
+    assert gh.state_hash(s.inn) == before
+    with torch.no_grad():
+        err_before = (s.inn(s.x_star)[0] - y_new).pow(2).mean()
+        err_after = (adapted(s.x_star)[0] - y_new).pow(2).mean()
+    assert err_after < 0.5 * err_before, f"{float(err_before):.5f} -> {float(err_after):.5f}"
+    assert refine.lr == 5e-5 and refine.schedule.steps(10) == [0, 1, 2, 3, 4]

@@ -82,7 +82,7 @@ def _graph(sampler: str, *, inn=INN_LATENT, image="y16.png", vae=VAE4, size=64, 
     elif sampler == "tiled":
         g["s"] = {"class_type": "INDIGO_TiledSampler",
                   "inputs": {"model": ["unet", 0], **sampling, **guidance, "start_from_measurement": True,
-                             "tile_size": 8, "tile_overlap": 2, "vae_tile_size": 8, "vae_tile_overlap": 2,
+                             "tile_size": 8, "tile_overlap": 4, "vae_tile_size": 8, "vae_tile_overlap": 4,
                              "colour_fix": "wavelet"}}
         g["s"]["inputs"]["denoise"] = 0.7
         latent_out, preview = ["s", 0], ["s", 2]
@@ -116,7 +116,7 @@ def test_apply_guidance_with_core_ksampler_graph(comfy_server, files):
 
 
 def test_tiled_indigo_graph(comfy_server, files):
-    entry = _ok(comfy_server, _graph("tiled", size=128))  # latent 16x16 = 4 tiles' area at tile 8
+    entry = _ok(comfy_server, _graph("tiled", size=96))  # latent 12x12: 2x2 tiles of 8 overlapping by 4
     outs = entry["outputs"]
     assert outs["show"]["images"] and outs["show_image"]["images"] and outs["show_preview"]["images"]
     assert outs["s"]["indigo_run"][0]["completed"] is True

@@ -111,7 +111,7 @@ def test_frontend_files_are_served(comfy_server) -> None:
     status, listing = comfy_server.get("/extensions")
     assert status == 200 and "/extensions/comfyui-indigo/indigo.js" in listing
     status, js = comfy_server.get("/extensions/comfyui-indigo/indigo.js")
-    assert status == 200 and '"comfyui-indigo.core"' in js
+    assert status == 200 and '"comfyui-indigo.ui"' in js
     for node_id in ("INDIGO_LoadINN", "INDIGO_INNInfo"):
         status, page = comfy_server.get(f"/extensions/comfyui-indigo/docs/{node_id}.md")
         assert status == 200 and page.startswith("# "), node_id
