@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--whole-steps", type=int, default=None, help="steps of the whole-run comparison (default 20)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--lpips", action="store_true", help="include the LPIPS term (w_p = 1) if its weights exist")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (CPU). On a shared machine 1 avoids threads spinning against "
+                        "other processes, which slows small ops (the INN's) far more than large ones (the UNet's)")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"),
                    help="ComfyUI 0.3.75 checkout (default: $COMFYUI_PATH or the test cache)")
     p.add_argument("--out", default=None, help="JSON file to write")
@@ -156,6 +159,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     cuda = import_host(args)
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import comfy.model_management as mm
     import comfy.sample

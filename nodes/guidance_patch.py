@@ -41,7 +41,7 @@ from torch import Tensor
 from ..indigo_core.errors import ConfigError, DomainError, InputValueError, ShapeError
 from ..indigo_core.guidance import GuidanceRun, GuidanceSettings, step_index_from_sigmas
 from ..indigo_core.guidance.settings import GRADIENT_MODES
-from .host import WrappersMP, frontend_connected, send_event, throw_if_interrupted
+from .host import WrappersMP, frontend_connected, send_event, soft_empty_cache, throw_if_interrupted
 
 log = logging.getLogger("comfyui_indigo")
 
@@ -213,6 +213,9 @@ class GuidanceSpec:
         self.vae_tile = vae_tile
         self.node_id = node_id
         self.on_finish = on_finish
+        #: Extra GuidanceRun keyword arguments (performance options such as checkpoint_decoder,
+        #: compile_inn, cuda_graphs); empty by default.
+        self.run_options: dict = {}
         #: Summary of the last finished (or interrupted) run: GuidanceRun.summary() plus "completed".
         self.last_summary: Optional[dict] = None
 
@@ -303,10 +306,13 @@ class GuidanceSpec:
         """A fresh GuidanceRun for a (VAE-space) latent of ``latent_shape``."""
         ae = self.autoencoder(device)
         dev = torch.device(device) if device is not None else ae.device
+        # On running out of memory the run empties ComfyUI's cache before its tiled retry, and its
+        # final error is an OOM error, after which ComfyUI unloads its models as for any OOM.
+        options = {"free_cache": soft_empty_cache, **self.run_options}
         with torch.inference_mode(False):
             return GuidanceRun(self.settings, measurement=self.measurement, latent_shape=tuple(latent_shape),
                                autoencoder=ae, inn=self.inn, degradation=self.degradation,
-                               restoration=self.restoration, device=dev)
+                               restoration=self.restoration, device=dev, **options)
 
 
 class _RunState:

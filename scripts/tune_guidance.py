@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/tune_guidance.py --mode latent [--photos N] [--out runs/tune]
 
-Takes N training photos of the prior's split (every k-th by name, 256x256 centre crops), degrades
+Takes N training photos of the prior's split (every k-th by name, --crop centre crops), degrades
 them with the x4 medium preset (seed = photo index), and searches the sampling and guidance
 settings one at a time (coordinate search, two passes) from the current defaults of
 `indigo_core.restore.pipeline.default_settings`. The score of a setting is the smaller of its two
@@ -34,8 +34,8 @@ SEARCH = {
 }
 
 
-def load_set(photos: Path, n: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """[(name, x (1,3,256,256), y (1,3,64,64))] of n training photos."""
+def load_set(photos: Path, n: int, crop: int = 256) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """[(name, x (1,3,crop,crop), y (1,3,crop/4,crop/4))] of n training photos."""
     import numpy as np
 
     from indigo_core.degradations import degrade
@@ -44,7 +44,7 @@ def load_set(photos: Path, n: int) -> list[tuple[str, torch.Tensor, torch.Tensor
     pick = train[:: max(1, len(train) // n)][:n]
     out = []
     for i, f in enumerate(pick):
-        arr = np.asarray(centre_crop(f), dtype=np.float32) / 255.0
+        arr = np.asarray(centre_crop(f, crop), dtype=np.float32) / 255.0
         x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
         y, _ = degrade(x, "medium", generator=i)
         out.append((f.stem, x, (y * 255).round() / 255))  # 8-bit, as the files the CLI reads
@@ -52,12 +52,12 @@ def load_set(photos: Path, n: int) -> list[tuple[str, torch.Tensor, torch.Tensor
 
 
 class Scorer:
-    def __init__(self, data, mode: str, lpips) -> None:
+    def __init__(self, data, mode: str, lpips, files: dict) -> None:
         from indigo_core.restore import load_models, restore_image
         from indigo_core.restore.pipeline import RestoreSettings
 
         self.data, self.mode, self.lpips, self.restore = data, mode, lpips, restore_image
-        self.models = load_models(mode)
+        self.models = load_models(mode, **files)
         bic = load_models("bicubic")
         self.base = self._metrics(lambda y: restore_image(y, bic, RestoreSettings(mode="bicubic")))
         self.cache: dict = {}
@@ -89,16 +89,22 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=sorted(SEARCH), required=True)
     ap.add_argument("--photos", type=int, default=6, help="how many training photos")
     ap.add_argument("--photo-dir", type=Path, default=DEFAULT_PHOTOS)
+    ap.add_argument("--crop", type=int, default=256, help="centre crop side (a multiple of 32)")
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument("--only", nargs="*", default=None, help="search only these fields")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "tune")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--inn", help="INN file (default: the bundled one)")
+    ap.add_argument("--prior-vae", help="prior autoencoder file (default: the bundled one)")
+    ap.add_argument("--prior-unet", help="prior UNet file (default: the bundled one)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    data = load_set(args.photo_dir, args.photos)
+    data = load_set(args.photo_dir, args.photos, args.crop)
     print(f"tuning {args.mode} on {len(data)} training photos: {[d[0] for d in data]}", flush=True)
-    scorer = Scorer(data, args.mode, load_lpips("alex"))
+    files = {"inn": args.inn, "prior_vae": args.prior_vae, "prior_unet": args.prior_unet}
+    scorer = Scorer(data, args.mode, load_lpips("alex"), files)
     print(f"bicubic: PSNR {scorer.base[0]:.2f} dB, LPIPS {scorer.base[1]:.4f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     best = default_settings(args.mode)
@@ -108,6 +114,8 @@ def main(argv=None) -> int:
         best_score = scorer(best)
         for p in range(args.passes):
             for field, values in SEARCH[args.mode].items():
+                if args.only and field not in args.only:
+                    continue
                 for v in values:
                     cand = dataclasses.replace(best, **{field: v})
                     t0 = time.perf_counter()

@@ -10,12 +10,16 @@ Pure functions over explicit per-run state; nothing here imports a host. Public 
 * colour: `colour_fix`, `wavelet_colour_fix`, `adain_colour_fix`
 * tiling (Alg. 3): `TileRegion`, `tile_grid`, `gaussian_weights`, `tiled_apply`, `tiled_encode`,
   `tiled_decode`
+* memory and speed: `GuidanceMemoryError`, `is_out_of_memory`, `decode_for_grad` (decoder
+  checkpointing), `CompiledINN` (optional torch.compile)
 """
 
 from .autoencoder import Autoencoder, LinearTestAutoencoder, ae_decode, ae_encode
 from .baselines import hgs_objective, ldps_objective, pgdiff_objective, sobel_magnitude
 from .colour import adain_colour_fix, colour_fix, wavelet_colour_fix
+from .accel import CompiledINN
 from .latent_inn import latent_inn_guide, measurement_latent, upsample_measurement
+from .memory import GuidanceMemoryError, decode_for_grad, is_out_of_memory
 from .pixel_inn import Objective, pixel_inn_objective
 from .refine import private_inn_copy, private_module_copy
 from .regulariser import reencode
@@ -37,4 +41,5 @@ __all__ = [
     "COLOUR_FIXES", "MODES", "GuidanceSettings", "RefineSettings",
     "TileRegion", "gaussian_weights", "tile_grid", "tiled_apply", "tiled_decode", "tiled_encode",
     "descent_update", "rms_per_item",
+    "GuidanceMemoryError", "is_out_of_memory", "decode_for_grad", "CompiledINN",
 ]

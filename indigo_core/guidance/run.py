@@ -15,7 +15,9 @@ scheduled step, one optimiser step, from the same INN forward the guidance used)
 
 Everything is float32 inside except the autoencoder, which may run in fp16/bf16 (cast at the
 boundary, see autoencoder.py). Nothing in `step` reads tensors back to the host: records keep
-tensors and convert only when read.
+tensors and convert only when read. Memory (memory.py): optional decoder checkpointing; an action
+that runs out of memory is retried once with the VAE in tiles, else GuidanceMemoryError says
+which setting to change.
 
 Samplers that evaluate the model more than once per step: the guidance update runs on every
 evaluation (each evaluation's z0 is what the sampler uses); the regulariser and the refinement
@@ -36,15 +38,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, DomainError, InputValueError, ShapeError
-from .autoencoder import Autoencoder, ae_decode
+from .accel import CompiledINN
+from .autoencoder import Autoencoder, ae_encode
 from .baselines import hgs_objective, ldps_objective, pgdiff_objective, sobel_magnitude
 from .colour import colour_fix
 from .graphs import GraphedObjective, GraphedUpdate
 from .latent_inn import latent_inn_guide, upsample_measurement
-from .latent_inn import measurement_latent as encode_measurement
+from .memory import FALLBACK_TILE, OutOfMemoryGuard, decode_for_grad, tiled_decode_for_grad, tiled_encode_plain
 from .pixel_inn import Objective, pixel_inn_objective
 from .refine import inn_config, maybe_optimizer, private_inn_copy, private_module_copy, refine_step, set_trainable
-from .regulariser import reencode
 from .settings import GRADIENT_MODES, GuidanceSettings
 from .update import descent_update, dot_per_item, rms_per_item
 
@@ -132,6 +134,13 @@ class GuidanceRun:
             512 px: ~88 -> ~38 ms per step) at the price of keeping its activations (~3.7 GB at
             512 px) reserved for the whole run instead of freeing them for the denoiser between
             steps. False: eager. Capture failures fall back to eager.
+        checkpoint_decoder: gradient modes recompute the decoder during backward instead of keeping
+            its activations (memory.py): one more decoder forward per step, a lower peak.
+        compile_inn: run the INN through torch.compile (accel.py; off by default; replaces the
+            CUDA graphs above). Same results to float rounding.
+        free_cache: the host's callback that empties the allocator's cache (ComfyUI's
+            soft_empty_cache), called when an action runs out of memory before its tiled retry.
+        fallback_tile: (tile, overlap) in latent pixels of the VAE tiles that retry uses.
     Raises ShapeError / DomainError / InputValueError / ConfigError (expected vs got) before any
     heavy work.
     """
@@ -140,7 +149,9 @@ class GuidanceRun:
                  latent_shape: Sequence[int], autoencoder: Autoencoder, inn=None,
                  degradation: Optional[Tensor] = None, perceptual=None,
                  restoration: Optional[Tensor] = None, measurement_latent: Optional[Tensor] = None,
-                 device=None, cuda_graphs: Optional[bool] = None) -> None:
+                 device=None, cuda_graphs: Optional[bool] = None, checkpoint_decoder: bool = False,
+                 compile_inn: bool = False, free_cache: Optional[Callable[[], None]] = None,
+                 fallback_tile: Sequence[int] = FALLBACK_TILE) -> None:
         if not isinstance(settings, GuidanceSettings):
             raise ConfigError(f"settings: expected GuidanceSettings, got {type(settings).__name__}")
         self.settings = s = settings
@@ -153,9 +164,11 @@ class GuidanceRun:
         self.device = torch.device(device)
         self.records: List[StepRecord] = []
         self._last_step: Optional[int] = None
-        on_cuda = self.device.type == "cuda"
+        on_cuda = self.device.type == "cuda" and not compile_inn
         self._use_graphs = on_cuda and cuda_graphs is not False            # LatentINN update
         self._use_objective_graphs = on_cuda and cuda_graphs is True       # gradient modes
+        self.checkpoint_decoder = bool(checkpoint_decoder)
+        self._oom = OutOfMemoryGuard(free_cache, fallback_tile)
         self._graph = None
         self._objective_graph = None
 
@@ -169,6 +182,8 @@ class GuidanceRun:
                 degradation.detach().clone().to(self.device, torch.float32).expand(B, -1).contiguous()
             self.inn = private_inn_copy(inn, self.device) if s.uses_inn else None
             self.optimizer, self._params = maybe_optimizer(self.inn, s.refine) if self.inn is not None else (None, [])
+            # g: what the algorithms call (the module, or its compiled form sharing its parameters)
+            self.g = CompiledINN(self.inn) if compile_inn and self.inn is not None else self.inn
             self.perceptual = self._load_perceptual(perceptual) if s.needs_perceptual else None
 
             self.z_y = None
@@ -177,7 +192,7 @@ class GuidanceRun:
                 if z_y is not None:
                     self.z_y = z_y.detach().clone().to(self.device, torch.float32).expand(B, -1, -1, -1).contiguous()
                 else:
-                    self.z_y = encode_measurement(self.y, autoencoder, (hc * d, wc * d)).float()
+                    self.z_y = self._encode_up(self.y, (hc * d, wc * d), "encoding the measurement")
             self.edges = None
             if s.mode == "hgs":
                 self.edges = sobel_magnitude(upsample_measurement(self.y, (h * d, w * d)))
@@ -188,7 +203,7 @@ class GuidanceRun:
                 ).expand(B, -1, -1, -1).contiguous()
             self.max_step = None
             if s.mode in GRADIENT_MODES and s.max_step is not None:
-                z_ref = encode_measurement(self.y, autoencoder, (h * d, w * d)).float()
+                z_ref = self._encode_up(self.y, (h * d, w * d), "encoding the measurement")
                 self.max_step = s.max_step * rms_per_item(z_ref).clamp_min(1e-6)
 
     # ------------------------------------------------------------------ validation
@@ -294,12 +309,36 @@ class GuidanceRun:
         self._last_step = step_index
         return first
 
+    # VAE passes: whole, or tile by tile once a pass has run out of memory (memory.py).
+    def _decode(self, z: Tensor) -> Tensor:
+        """D(z) as float32, with a gradient when grad mode is on (checkpointed if so chosen)."""
+        if self._oom.tiled:
+            return tiled_decode_for_grad(self.autoencoder, z, self._oom.tile).float()
+        return decode_for_grad(self.autoencoder, z, self.checkpoint_decoder).float()
+
+    def _encode(self, x: Tensor) -> Tensor:
+        if self._oom.tiled:
+            return tiled_encode_plain(self.autoencoder, x, self._oom.tile).float()
+        return ae_encode(self.autoencoder, x).float()
+
+    @torch.no_grad()
+    def _encode_up(self, y: Tensor, size: Sequence[int], what: str) -> Tensor:
+        """E(up(y)) at image size `size` (H,W), float32."""
+        d = self.downscale
+        return self._oom.run(what, (size[0] // d, size[1] // d),
+                             lambda: self._encode(upsample_measurement(y, size)))
+
+    @torch.no_grad()
+    def _reencode(self, z: Tensor) -> Tensor:
+        """The regulariser E(D(z0)) (regulariser.py's reencode, with the memory fallback)."""
+        return self._oom.run("re-encoding (regulariser)", z.shape, lambda: self._encode(self._decode(z)))
+
     def _objective(self, x0: Tensor) -> Objective:
         s = self.settings
         if s.mode == "pixel_inn":
-            return pixel_inn_objective(x0, self.y, self.inn, self.degradation, s.w_dc, s.w_p, self.perceptual)
+            return pixel_inn_objective(x0, self.y, self.g, self.degradation, s.w_dc, s.w_p, self.perceptual)
         if s.mode == "ldps":
-            return ldps_objective(x0, self.y, self.inn, self.degradation, s.w_dc)
+            return ldps_objective(x0, self.y, self.g, self.degradation, s.w_dc)
         if s.mode == "hgs":
             return hgs_objective(x0, self.edges, s.w_dc)
         return pgdiff_objective(x0, self.restoration, s.w_dc)
@@ -326,8 +365,8 @@ class GuidanceRun:
         else:
             if x0 is None:
                 with torch.no_grad():
-                    x0 = ae_decode(self.autoencoder, z).float()
-            coarse, _ = self.inn(x0.detach(), self.degradation)
+                    x0 = self._decode(z)
+            coarse, _ = self.g(x0.detach(), self.degradation)
         loss = F.mse_loss(coarse, self.y)
         refine_step(self.optimizer, self._params, loss, retain_graph=retain)
         return loss.detach()
@@ -372,26 +411,31 @@ class GuidanceRun:
         rec = StepRecord(step_index, n_steps, guided=guide, regularised=regularise, refined=refine)
 
         with torch.inference_mode(False):
+            # Each action is pure until its optimiser step (its last operation), so an action that
+            # runs out of memory can be retried whole (memory.OutOfMemoryGuard).
+            guard = self._oom.run
             if z_t is not None:
                 out_dtype, out_device = z_t.dtype, z_t.device
                 if guide:
-                    z = self._gradient_step_zt(z_t, denoise_fn, rec, refine)
+                    z = guard("computing the guidance gradient through the denoiser", z_t.shape,
+                              lambda: self._gradient_step_zt(z_t, denoise_fn, rec, refine))
                 else:
                     with torch.no_grad():
                         z = denoise_fn(z_t.detach().clone()).detach().float()
                     if refine:
-                        self._refine_only(z, rec)
+                        guard("refining the INN", z.shape, lambda: self._refine_only(z, rec))
             else:
                 out_dtype, out_device = z0.dtype, z0.device
                 z = z0.detach().clone().to(self.device, torch.float32)
                 if s.mode == "latent_inn" and (guide or refine):
-                    z = self._latent_step(z, rec, guide, refine)
+                    z = guard("running the LatentINN", z.shape, lambda: self._latent_step(z, rec, guide, refine))
                 elif s.mode in GRADIENT_MODES and guide:
-                    z = self._gradient_step_z0(z, rec, refine)
+                    z = guard("computing the guidance gradient", z.shape,
+                              lambda: self._gradient_step_z0(z, rec, refine))
                 elif refine:
-                    self._refine_only(z, rec)
+                    guard("refining the INN", z.shape, lambda: self._refine_only(z, rec))
             if regularise:
-                z = reencode(z, self.autoencoder).float()
+                z = self._reencode(z)
             out = z.detach().to(device=out_device, dtype=out_dtype)
         self.records.append(rec)
         return out
@@ -400,15 +444,17 @@ class GuidanceRun:
         s = self.settings
         if refine:
             set_trainable(self._params, True)
-            with torch.enable_grad():
-                z_c, z_d = self.inn(z, self.degradation)
-                loss = F.mse_loss(z_c, self.z_y)
-            rec.residual = rms_per_item(z_c.detach() - self.z_y)
-            details = [t.detach() for t in z_d]
-            if guide:
-                z = self._latent_iterate(z, details)
-            refine_step(self.optimizer, self._params, loss)
-            set_trainable(self._params, False)
+            try:
+                with torch.enable_grad():
+                    z_c, z_d = self.g(z, self.degradation)
+                    loss = F.mse_loss(z_c, self.z_y)
+                rec.residual = rms_per_item(z_c.detach() - self.z_y)
+                details = [t.detach() for t in z_d]
+                if guide:
+                    z = self._latent_iterate(z, details)
+                refine_step(self.optimizer, self._params, loss)
+            finally:
+                set_trainable(self._params, False)
             rec.refine_loss = loss.detach()
             return z
         if self._use_graphs and z.is_cuda:
@@ -423,7 +469,7 @@ class GuidanceRun:
     @torch.no_grad()
     def _latent_update(self, z: Tensor) -> tuple:
         """Alg. 2 lines 4-6 (latent_iterations times) -> (new z0, residual before the update)."""
-        z_c, z_d = self.inn(z, self.degradation)
+        z_c, z_d = self.g(z, self.degradation)
         residual = rms_per_item(z_c - self.z_y)
         return self._latent_iterate(z, z_d), residual
 
@@ -432,23 +478,25 @@ class GuidanceRun:
         s = self.settings
         for k in range(s.latent_iterations):
             if k:
-                _, details = self.inn(z, self.degradation)
-            z = latent_inn_guide(z, self.z_y, self.inn, self.degradation, s.zeta, details=details)
+                _, details = self.g(z, self.degradation)
+            z = latent_inn_guide(z, self.z_y, self.g, self.degradation, s.zeta, details=details)
         return z
 
     def _gradient_step_z0(self, z: Tensor, rec: StepRecord, refine: bool) -> Tensor:
         s = self.settings
         if refine:
             set_trainable(self._params, True)
-        with torch.enable_grad():
-            zr = z.requires_grad_(True)
-            x0 = ae_decode(self.autoencoder, zr).float()  # decoded once, reused by every term
-            obj = self._objective_for_step(x0, refine)
-            (grad,) = torch.autograd.grad(obj.h.sum(), zr, retain_graph=refine)
+        try:
+            with torch.enable_grad():
+                zr = z.detach().requires_grad_(True)
+                x0 = self._decode(zr)  # decoded once, reused by every term and the refinement
+                obj = self._objective_for_step(x0, refine)
+                (grad,) = torch.autograd.grad(obj.h.sum(), zr, retain_graph=refine)
+                if refine:
+                    rec.refine_loss = self._refine_pixel(obj, z, x0, retain=False)
+        finally:
             if refine:
-                rec.refine_loss = self._refine_pixel(obj, z, x0, retain=False)
-        if refine:
-            set_trainable(self._params, False)
+                set_trainable(self._params, False)
         rec.residual = obj.residual.detach()
         slope = dot_per_item(grad, grad)
         return descent_update(z.detach(), grad, obj.h.detach().clone(), slope, s.step_size, s.step_rule,
@@ -458,19 +506,21 @@ class GuidanceRun:
         s = self.settings
         if refine:
             set_trainable(self._params, True)
-        with torch.enable_grad():
-            zt = z_t.detach().clone().requires_grad_(True)
-            z0 = denoise_fn(zt)
-            if z0.shape != zt.shape:
-                raise ShapeError(f"denoise_fn: expected an output of {tuple(zt.shape)}, got {tuple(z0.shape)}")
-            z0f = z0.to(self.device, torch.float32)
-            x0 = ae_decode(self.autoencoder, z0f).float()
-            obj = self._objective_for_step(x0, refine)
-            g_zt, g_z0 = torch.autograd.grad(obj.h.sum(), [zt, z0f], retain_graph=refine)
+        try:
+            with torch.enable_grad():
+                zt = z_t.detach().clone().requires_grad_(True)
+                z0 = denoise_fn(zt)
+                if z0.shape != zt.shape:
+                    raise ShapeError(f"denoise_fn: expected an output of {tuple(zt.shape)}, got {tuple(z0.shape)}")
+                z0f = z0.to(self.device, torch.float32)
+                x0 = self._decode(z0f)
+                obj = self._objective_for_step(x0, refine)
+                g_zt, g_z0 = torch.autograd.grad(obj.h.sum(), [zt, z0f], retain_graph=refine)
+                if refine:
+                    rec.refine_loss = self._refine_pixel(obj, z0f, x0, retain=False)
+        finally:
             if refine:
-                rec.refine_loss = self._refine_pixel(obj, z0f, x0, retain=False)
-        if refine:
-            set_trainable(self._params, False)
+                set_trainable(self._params, False)
         rec.residual = obj.residual.detach()
         g_zt = g_zt.to(self.device, torch.float32)
         slope = dot_per_item(g_z0, g_zt)
@@ -480,15 +530,17 @@ class GuidanceRun:
     def _refine_only(self, z: Tensor, rec: StepRecord) -> None:
         """Refinement on a step without guidance (its schedule may be wider than the guidance's)."""
         set_trainable(self._params, True)
-        with torch.enable_grad():
-            if self.settings.mode == "latent_inn":
-                z_c, _ = self.inn(z, self.degradation)
-                loss = F.mse_loss(z_c, self.z_y)
-                refine_step(self.optimizer, self._params, loss)
-                rec.refine_loss = loss.detach()
-            else:
-                rec.refine_loss = self._refine_pixel(None, z, None, retain=False)
-        set_trainable(self._params, False)
+        try:
+            with torch.enable_grad():
+                if self.settings.mode == "latent_inn":
+                    z_c, _ = self.g(z, self.degradation)
+                    loss = F.mse_loss(z_c, self.z_y)
+                    refine_step(self.optimizer, self._params, loss)
+                    rec.refine_loss = loss.detach()
+                else:
+                    rec.refine_loss = self._refine_pixel(None, z, None, retain=False)
+        finally:
+            set_trainable(self._params, False)
 
     # ------------------------------------------------------------------ outputs
     @torch.no_grad()
@@ -513,14 +565,11 @@ class GuidanceRun:
         with torch.inference_mode(False):
             z = z0.detach().clone().to(self.device, torch.float32)
             if s.inn_domain == "latent":
-                z = latent_inn_guide(z, self.z_y, self.inn, self.degradation, 1.0)
-                x = ae_decode(self.autoencoder, z).float()
-            elif s.inn_domain == "pixel":
-                x0 = ae_decode(self.autoencoder, z).float()
-                _, x_d = self.inn(x0, self.degradation)
-                x = self.inn.inverse(self.y, x_d, self.degradation)
-            else:
-                x = ae_decode(self.autoencoder, z).float()
+                z = latent_inn_guide(z, self.z_y, self.g, self.degradation, 1.0)
+            x = self._oom.run("decoding the preview", z.shape, lambda: self._decode(z))
+            if s.inn_domain == "pixel":
+                _, x_d = self.g(x, self.degradation)
+                x = self.g.inverse(self.y, x_d, self.degradation)
             return x.clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ records (these sync)

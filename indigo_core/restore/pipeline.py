@@ -279,7 +279,9 @@ def _sample(y: Tensor, up: Tensor, models: RestoreModels, s: RestoreSettings,
     sigmas = partial_sigmas(models.schedule, s.steps, s.denoise, s.scheduler).to(start.device)
     gen = torch.Generator().manual_seed(int(s.seed))
     noise = torch.randn(start.shape, generator=gen, dtype=torch.float32).to(start.device)
-    x = start + noise * sigmas[0]
+    s0, s_max = float(sigmas[0]), float(models.schedule.sigmas[-1])
+    # As ComfyUI's KSampler: a run from the top of the schedule scales the noise by sqrt(1 + sigma^2).
+    x = start + noise * (math.sqrt(1.0 + s0 * s0) if math.isclose(s0, s_max, rel_tol=1e-5) or s0 > s_max else s0)
     context = models.context.expand(start.shape[0], -1, -1)
     base = eps_denoiser(lambda xs, t: unet(xs, t, context), models.schedule)
 
