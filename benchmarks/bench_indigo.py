@@ -100,14 +100,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 # =========================================================================== measuring
 
 
-def _limit_malloc_arenas() -> None:
-    """glibc: serve every allocation above 128 KiB by mmap so freed tensors leave RSS at once
-    (the default threshold adapts upwards and keeps freed heap, which would leak one measurement's
-    peak into the next)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (setting it disables the adaptive threshold)
-        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+def _libc():
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL("libc.so.6")
+    return None
+
+
+_LIBC = _libc()
+
+
+def release_freed_heap() -> None:
+    """glibc keeps freed blocks below its mmap threshold in the heap, so RSS would carry one
+    measurement's garbage into the next one's baseline: hand them back before each measurement.
+    (Forcing every allocation through mmap instead doubles the INN's time in page faults.)"""
+    if _LIBC is not None:
+        with contextlib.suppress(AttributeError):
+            _LIBC.malloc_trim(0)
 
 
 class Memory:
@@ -202,6 +210,7 @@ class Bench:
         return row
 
     def _once(self, fn) -> tuple:
+        release_freed_heap()
         base = self.mem.current()
         self.mem.peak_and_reset()
         w0, c0 = self.clock.stamp()
@@ -333,6 +342,7 @@ class Setup:
 
         mm = m.clone()
         mm.add_wrapper_with_key(self.host.WrappersMP.OUTER_SAMPLE, "indigo_bench", Start())
+        release_freed_heap()
         latent = torch.zeros(1, 4, size // 8, size // 8)
         noise = comfy.sample.prepare_noise(latent, 0)
         with torch.inference_mode():
@@ -469,6 +479,12 @@ def measure_pixel(S: Setup, bench: Bench, size: int, R: int, ae, z0, zt: bool) -
             out = ae.decode(zz)
             torch.autograd.grad(out.float().square().mean(), zz)
 
+    need = scaled_need(bench, "call:pixel", size, 12 * GB * (size / 512) ** 2)
+    free = __import__("psutil").virtual_memory().available
+    if not S.cuda and free < need + 2 * GB:
+        for k in ("floor:decoder_fwd_bwd", "call:pixel", "step:pixel_zt"):
+            bench.skip(f"{k}@{tag}", f"needs about {need / GB:.0f} GB more, {free / GB:.0f} GB free")
+        return
     settings = S.settings("pixel_inn")
     holder: dict = {}
     bench.repeat(f"setup:pixel@{tag}", lambda: holder.__setitem__("run", S.run(S.spec(settings, size), size)), 1)
@@ -484,6 +500,13 @@ def measure_pixel(S: Setup, bench: Bench, size: int, R: int, ae, z0, zt: bool) -
                                            "more memory than this machine has free; see the smaller size)")
 
 
+def scaled_need(bench: Bench, prefix: str, size: int, default: float) -> float:
+    """Working memory of `prefix` at `size`, scaled (x pixels) from the largest smaller size measured."""
+    done = [(int(k.split("@")[1]), r["work_bytes"]) for k, r in bench.rows.items() if k.startswith(prefix + "@")]
+    done = [(s, w) for s, w in done if s < size]
+    return max(done)[1] * (size / max(done)[0]) ** 2 if done else default
+
+
 def measure_small(S: Setup, bench: Bench, size: int, args) -> None:
     """A size outside --sizes for the z_t mode: unguided step, floor, z0 call, z_t step."""
     bench.steps(f"unguided@{size}", S.sample(bench, S.model, size, 2))
@@ -497,9 +520,7 @@ def measure_zt(S: Setup, bench: Bench, size: int) -> None:
     tag = f"{size}"
     base = S.model.model
     params = sum(p.numel() * p.element_size() for p in base.diffusion_model.parameters())
-    smaller = [(int(k.split("@")[1]), r["work_bytes"]) for k, r in bench.rows.items() if k.startswith("step:pixel_zt@")]
-    work = max((w * (size / s) ** 2 for s, w in smaller), default=3 * GB * (size / 256) ** 2)
-    need = params + work  # a private UNet copy + the step's own memory (scaled from a smaller size)
+    need = params + scaled_need(bench, "step:pixel_zt", size, 4 * GB * (size / 256) ** 2)  # + a private UNet copy
     free = __import__("psutil").virtual_memory().available
     if not S.cuda and free < need + 2 * GB:
         bench.skip(f"step:pixel_zt@{tag}", f"needs about {need / GB:.0f} GB, {free / GB:.0f} GB free")
@@ -719,7 +740,6 @@ def ratios(bench: Bench, args, basis: str) -> tuple[dict, dict]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    _limit_malloc_arenas()
     cuda = import_host(args)
     import torch
 
@@ -739,11 +759,11 @@ def main(argv=None) -> dict:
     for settings in (S.settings("latent_inn"), S.settings("pixel_inn")):
         S.run(S.spec(settings, 128), 128).step(S.z(128), 0, 10)
 
-    for i, size in enumerate(args.sizes):
-        measure_size(S, bench, size, i == 0, args)
-    for size in zt_sizes(S, args):
+    for size in zt_sizes(S, args):  # first: their memory tells the larger sizes what to expect
         if size not in args.sizes:
             measure_small(S, bench, size, args)
+    for i, size in enumerate(args.sizes):
+        measure_size(S, bench, size, i == 0, args)
     for size in args.tiled_sizes:
         measure_tiled(S, bench, size, args)
     opt = {} if args.no_optimisations else measure_optimisations(S, bench, args)
