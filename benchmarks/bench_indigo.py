@@ -468,8 +468,12 @@ def zt_sizes(S: Setup, args) -> list:
     return args.zt_sizes if args.zt_sizes is not None else (args.sizes if S.cuda else [256])
 
 
-def measure_pixel(S: Setup, bench: Bench, size: int, R: int, ae, z0, zt: bool) -> None:
-    """The decoder-gradient floor, the PixelINN z0 call and (if `zt`) the z_t step at `size`."""
+def measure_pixel(S: Setup, bench: Bench, size: int, R: int, ae, z0, zt: bool, both: bool = False) -> None:
+    """The decoder-gradient floor, the PixelINN z0 call and (if `zt`) the z_t step at `size`.
+
+    The call runs with default settings when its memory (scaled from a smaller size) fits what
+    this machine has free, else with the INN checkpointed (checkpoint_inn, several GB less; noted
+    in the row). `both`: measure the two configurations (at a small size, for that scaling)."""
     torch = S.torch
     tag = f"{size}"
 
@@ -479,20 +483,36 @@ def measure_pixel(S: Setup, bench: Bench, size: int, R: int, ae, z0, zt: bool) -
             out = ae.decode(zz)
             torch.autograd.grad(out.float().square().mean(), zz)
 
-    need = scaled_need(bench, "call:pixel", size, 12 * GB * (size / 512) ** 2)
     free = __import__("psutil").virtual_memory().available
-    if not S.cuda and free < need + 2 * GB:
+    need = scaled_need(bench, "call:pixel", size, 15 * GB * (size / 512) ** 2)
+    need_ckpt = scaled_need(bench, "call:pixel+checkpoint_inn", size, 8 * GB * (size / 512) ** 2)
+    fits = S.cuda or free > need + 2 * GB
+    if not fits and free < need_ckpt + 2 * GB:
         for k in ("floor:decoder_fwd_bwd", "call:pixel", "step:pixel_zt"):
-            bench.skip(f"{k}@{tag}", f"needs about {need / GB:.0f} GB more, {free / GB:.0f} GB free")
+            bench.skip(f"{k}@{tag}", f"needs about {need_ckpt / GB:.0f} GB more even with checkpoint_inn, "
+                                     f"{free / GB:.0f} GB free")
         return
     settings = S.settings("pixel_inn")
-    holder: dict = {}
-    bench.repeat(f"setup:pixel@{tag}", lambda: holder.__setitem__("run", S.run(S.spec(settings, size), size)), 1)
-    run = holder.pop("run")
-    bench.compare({f"floor:decoder_fwd_bwd@{tag}": fwd_bwd,
-                   f"call:pixel@{tag}": lambda: run.step(z0, S.next_step(), 10 ** 6)}, R)
-    bench.rows[f"call:pixel@{tag}"]["note"] = f"z0 mode, w_p={settings.w_p:g}"
-    del run
+    configs = {"call:pixel": {}, "call:pixel+checkpoint_inn": {"checkpoint_inn": True}}
+    if not both:
+        configs = {"call:pixel": configs["call:pixel" if fits else "call:pixel+checkpoint_inn"]}
+    variants = {f"floor:decoder_fwd_bwd@{tag}": fwd_bwd}
+    for name, options in configs.items():
+        holder: dict = {}
+        spec = S.spec(settings, size)
+        spec.run_options = dict(options)
+        bench.repeat(f"setup:pixel@{tag}", lambda: holder.__setitem__("run", S.run(spec, size)), 1)
+        variants[f"{name}@{tag}"] = (lambda r=holder.pop("run"): r.step(z0, S.next_step(), 10 ** 6))
+    bench.compare(variants, R)
+    for name, options in configs.items():
+        note = f"z0 mode, w_p={settings.w_p:g}"
+        if options:
+            note += ", checkpoint_inn"
+        if not both and not fits:
+            note += (f" (default settings need about {need / GB:.0f} GB more than the weights; "
+                     f"{free / GB:.0f} GB were free)")
+        bench.rows[f"{name}@{tag}"]["note"] = note
+    del variants
     if zt:
         measure_zt(S, bench, size)
     else:
@@ -511,7 +531,7 @@ def measure_small(S: Setup, bench: Bench, size: int, args) -> None:
     """A size outside --sizes for the z_t mode: unguided step, floor, z0 call, z_t step."""
     bench.steps(f"unguided@{size}", S.sample(bench, S.model, size, 2))
     ae = S.gp.ComfyVAEAutoencoder(S.vae, device=S.device)
-    measure_pixel(S, bench, size, 1, ae, S.z(size), zt=True)
+    measure_pixel(S, bench, size, 1, ae, S.z(size), zt=True, both=True)
 
 
 def measure_zt(S: Setup, bench: Bench, size: int) -> None:
@@ -642,7 +662,9 @@ def measure_optimisations(S: Setup, bench: Bench, args) -> dict:
     # Decoder checkpointing and the half-precision VAE (INN in fp32), on the PixelINN call.
     s_pix = S.settings("pixel_inn")
     runs = {}
-    for label, kw, half in (("plain_fp32", {}, False), ("checkpointed_fp32", {"checkpoint_decoder": True}, False),
+    for label, kw, half in (("plain_fp32", {}, False), ("checkpoint_decoder", {"checkpoint_decoder": True}, False),
+                            ("checkpoint_inn", {"checkpoint_inn": True}, False),
+                            ("checkpoint_both", {"checkpoint_decoder": True, "checkpoint_inn": True}, False),
                             ("bf16_vae", {}, True)):
         spec = S.spec(s_pix, size, vae=S.sd_vae(seed=1, dtype=torch.bfloat16) if half else None)
         spec.run_options = dict(kw)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -140,12 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the workflow's)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "demo", help="output folder")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the workflow")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the ComfyUI process (default 1: on a small CPU shared with other "
+                         "work, several threads of one process wait for each other and run many times slower; "
+                         "0 leaves torch's default)")
     args = ap.parse_args(argv)
 
     t_start = time.monotonic()
     missing = [m for m in REQUIRED_MODELS if not (REPO_ROOT / m).is_file()]
     if missing:
         raise SystemExit(f"the pack's bundled models are missing: {missing}")
+    if args.threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by the ComfyUI process's torch
     base = Path(tempfile.mkdtemp(prefix="indigo-demo-"))
     server = None
     try:

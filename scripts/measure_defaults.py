@@ -29,8 +29,14 @@ from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, split, write_crops  # noqa: E
 TARGET_PSNR, TARGET_LPIPS = 0.5, 0.05
 
 
+#: One torch thread per restore process: on a small shared CPU, several threads of one process
+#: wait for each other and run many times slower (results match up to float rounding).
+THREADS = "--threads 1"
+
+
 def restore_command(mode: str, extra: str = "") -> str:
-    return f"{shlex.quote(sys.executable)} -m indigo_core.restore {{input}} --out {{output}} --mode {mode} --no-progress {extra}".strip()
+    return (f"{shlex.quote(sys.executable)} -m indigo_core.restore {{input}} --out {{output}} --mode {mode} "
+            f"--no-progress {THREADS} {extra}").strip()
 
 
 def methods() -> dict[str, str]:

@@ -10,8 +10,8 @@ Same gradient to float rounding (tests/core/test_perf_equivalence.py).
 Out of memory (`OutOfMemoryGuard`): a VAE pass or a gradient step that raises
 torch.OutOfMemoryError (or a RuntimeError saying "out of memory" / "can't allocate memory", as
 CPU and older CUDA builds do) is retried once with the VAE tile by tile (and, for gradients, each
-tile checkpointed), after dropping the failed attempt's tensors and emptying the allocator's cache
-through the host's callback. If that fails too, `GuidanceMemoryError` names the settings to change.
+tile checkpointed, and the INN's blocks checkpointed), after dropping the failed attempt's tensors
+and emptying the allocator's cache through the host's callback. If that fails too, `GuidanceMemoryError` names the settings to change.
 It subclasses torch.OutOfMemoryError, so a host that recovers from OOM (ComfyUI unloads its models)
 still does.
 """
@@ -38,8 +38,8 @@ FALLBACK_TILE = (32, 8)
 
 #: What a user can change, quoted by GuidanceMemoryError.
 ADVICE = ("enable Tiled INDIGO (or lower its vae_tile_size / tile_size), run the VAE in fp16/bf16 "
-          "(ComfyUI --fp16-vae / --bf16-vae), turn on decoder checkpointing, or use mode "
-          "'latent_inn' (no decoder gradient)")
+          "(ComfyUI --fp16-vae / --bf16-vae), turn on decoder and INN checkpointing, use grad_wrt 'z0', "
+          "or use mode 'latent_inn' (no decoder gradient)")
 
 
 class GuidanceMemoryError(IndigoError, torch.OutOfMemoryError):
@@ -98,14 +98,16 @@ class OutOfMemoryGuard:
     and retries, else raises GuidanceMemoryError.
 
     free_cache: the host's cache-emptying callback (or None). tile: (tile, overlap) in latent
-    pixels for the fallback. `tiled` tells the run to use tiled VAE passes from now on (set by the
-    first failure, kept for the rest of the run: the next steps would fail the same way).
+    pixels for the fallback. on_fallback: called once when the run switches (the run turns on the
+    INN's checkpointing there). `tiled` tells the run to use tiled VAE passes from now on (set by
+    the first failure, kept for the rest of the run: the next steps would fail the same way).
     """
 
     def __init__(self, free_cache: Optional[Callable[[], None]] = None,
-                 tile: Sequence[int] = FALLBACK_TILE) -> None:
+                 tile: Sequence[int] = FALLBACK_TILE, on_fallback: Optional[Callable[[], None]] = None) -> None:
         self.free_cache = free_cache
         self.tile = (int(tile[0]), int(tile[1]))
+        self.on_fallback = on_fallback
         self.tiled = False
         self.fallbacks = 0
 
@@ -124,9 +126,11 @@ class OutOfMemoryGuard:
             if attempt == 0 and not self.tiled:
                 self.tiled = True
                 self.fallbacks += 1
+                if self.on_fallback is not None:
+                    self.on_fallback()
                 log.warning("INDIGO guidance ran out of memory while %s (latent %s): retrying with the VAE in "
-                            "tiles of %d latent pixels for the rest of the run (%s)", what,
-                            "x".join(str(v) for v in shape[-2:]), self.tile[0], failed)
+                            "tiles of %d latent pixels and checkpointed gradients for the rest of the run (%s)",
+                            what, "x".join(str(v) for v in shape[-2:]), self.tile[0], failed)
                 continue
             h, w = int(shape[-2]), int(shape[-1])
             raise GuidanceMemoryError(

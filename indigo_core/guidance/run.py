@@ -136,6 +136,8 @@ class GuidanceRun:
             steps. False: eager. Capture failures fall back to eager.
         checkpoint_decoder: gradient modes recompute the decoder during backward instead of keeping
             its activations (memory.py): one more decoder forward per step, a lower peak.
+        checkpoint_inn: the same for the (private) INN's PM/UM blocks (WaveletINN.set_checkpointing):
+            for a PixelINN at 512 px several GB less, one more INN forward per gradient step.
         compile_inn: run the INN through torch.compile (accel.py; off by default; replaces the
             CUDA graphs above). Same results to float rounding.
         free_cache: the host's callback that empties the allocator's cache (ComfyUI's
@@ -150,7 +152,7 @@ class GuidanceRun:
                  degradation: Optional[Tensor] = None, perceptual=None,
                  restoration: Optional[Tensor] = None, measurement_latent: Optional[Tensor] = None,
                  device=None, cuda_graphs: Optional[bool] = None, checkpoint_decoder: bool = False,
-                 compile_inn: bool = False, free_cache: Optional[Callable[[], None]] = None,
+                 checkpoint_inn: bool = False, compile_inn: bool = False, free_cache: Optional[Callable[[], None]] = None,
                  fallback_tile: Sequence[int] = FALLBACK_TILE) -> None:
         if not isinstance(settings, GuidanceSettings):
             raise ConfigError(f"settings: expected GuidanceSettings, got {type(settings).__name__}")
@@ -168,7 +170,7 @@ class GuidanceRun:
         self._use_graphs = on_cuda and cuda_graphs is not False            # LatentINN update
         self._use_objective_graphs = on_cuda and cuda_graphs is True       # gradient modes
         self.checkpoint_decoder = bool(checkpoint_decoder)
-        self._oom = OutOfMemoryGuard(free_cache, fallback_tile)
+        self._oom = OutOfMemoryGuard(free_cache, fallback_tile, on_fallback=lambda: self._checkpoint_inn(True))
         self._graph = None
         self._objective_graph = None
 
@@ -181,6 +183,7 @@ class GuidanceRun:
             self.degradation = None if degradation is None else \
                 degradation.detach().clone().to(self.device, torch.float32).expand(B, -1).contiguous()
             self.inn = private_inn_copy(inn, self.device) if s.uses_inn else None
+            self._checkpoint_inn(checkpoint_inn)
             self.optimizer, self._params = maybe_optimizer(self.inn, s.refine) if self.inn is not None else (None, [])
             # g: what the algorithms call (the module, or its compiled form sharing its parameters)
             self.g = CompiledINN(self.inn) if compile_inn and self.inn is not None else self.inn
@@ -308,6 +311,10 @@ class GuidanceRun:
         first = step_index != self._last_step
         self._last_step = step_index
         return first
+
+    def _checkpoint_inn(self, enabled: bool) -> None:
+        if self.inn is not None and hasattr(self.inn, "set_checkpointing"):
+            self.inn.set_checkpointing(enabled)
 
     # VAE passes: whole, or tile by tile once a pass has run out of memory (memory.py).
     def _decode(self, z: Tensor) -> Tensor:

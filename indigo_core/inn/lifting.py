@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from .config import INNConfig
 from .mrstb import MRSTB, ScaledResBlock
@@ -24,7 +25,14 @@ OUT_INIT_GAIN = 0.1
 
 
 class LiftNet(nn.Module):
-    """PM or UM: conv (in -> hidden) -> n_mrstb blocks -> conv (hidden -> out)."""
+    """PM or UM: conv (in -> hidden) -> n_mrstb blocks -> conv (hidden -> out).
+
+    `checkpoint` (off by default; WaveletINN.set_checkpointing): while autograd records, each block
+    keeps only its input and is run again in backward, instead of keeping every Swin layer's
+    activations (for a PixelINN at 512 px several GB) until the backward pass.
+    """
+
+    checkpoint: bool = False
 
     def __init__(self, cfg: INNConfig, in_ch: int, out_ch: int) -> None:
         super().__init__()
@@ -46,7 +54,10 @@ class LiftNet(nn.Module):
         """x (B,in,H,W), gamma (B,emb_dim) or None -> (B,out,H,W)."""
         h = self.convin(x)
         for block in self.blocks:
-            h = block(h, gamma)
+            if self.checkpoint and torch.is_grad_enabled() and h.requires_grad:
+                h = activation_checkpoint(block, h, gamma, use_reentrant=False)
+            else:
+                h = block(h, gamma)
         return self.convout(h)
 
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import ShapeError
 from .config import INNConfig
-from .lifting import LiftingPair
+from .lifting import LiftingPair, LiftNet
 from .wavelets import Split, make_split
 
 
@@ -57,6 +57,14 @@ class WaveletINN(nn.Module):
     def coarse_shape(self, h: int, w: int) -> tuple[int, int]:
         """Spatial size of the coarse part (= measurement) for an input of size (h, w)."""
         return self.config.coarse_shape(h, w)
+
+    def set_checkpointing(self, enabled: bool) -> "WaveletINN":
+        """Activation checkpointing of every PM/UM block (LiftNet.checkpoint): less memory for
+        backward through the INN, one more forward of its blocks. Same results. Returns self."""
+        for m in self.modules():
+            if isinstance(m, LiftNet):
+                m.checkpoint = bool(enabled)
+        return self
 
     def _pairs(self, level: int) -> nn.ModuleList:
         return self.lifts[0 if self.config.shared_pairs else level]  # type: ignore[return-value]

@@ -269,6 +269,20 @@ def _inn_zero(y: Tensor, up: Tensor, models: RestoreModels) -> Tensor:
     return ae.decode(inn.inverse(z_y, [torch.zeros_like(d) for d in details], gamma))
 
 
+class _ClampedDecode:
+    """The autoencoder with its decoder output clamped to [0, 1] (what ComfyUI's VAE Decode gives)."""
+
+    def __init__(self, ae) -> None:
+        self.ae = ae
+        self.latent_channels, self.downscale = ae.latent_channels, ae.downscale
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.ae.encode(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.ae.decode(z, clamp=True)
+
+
 def _sample(y: Tensor, up: Tensor, models: RestoreModels, s: RestoreSettings,
             callback: Optional[Callable[[int, int], None]]) -> Tensor:
     ae, unet, sf = models.autoencoder, models.unet, models.scale_factor
@@ -287,7 +301,10 @@ def _sample(y: Tensor, up: Tensor, models: RestoreModels, s: RestoreSettings,
 
     run = None
     if s.mode in ("latent", "pixel"):
-        run = GuidanceRun(s.guidance(), measurement=y, latent_shape=tuple(start.shape), autoencoder=ae,
+        # As the ComfyUI nodes: without a gradient to take (LatentINN), the regulariser decodes with
+        # the host VAE's clamp to [0, 1]; the PixelINN gradient path decodes unclamped.
+        guide_ae = ae if s.mode == "pixel" else _ClampedDecode(ae)
+        run = GuidanceRun(s.guidance(), measurement=y, latent_shape=tuple(start.shape), autoencoder=guide_ae,
                           inn=models.inn, degradation=_degradation(models, y), device=start.device)
 
     def denoiser(x_t: Tensor, sigma: Tensor, i: int, n: int) -> Tensor:

@@ -87,6 +87,7 @@ def test_gradient_step_falls_back_to_tiles_with_the_same_result(caplog):
     ref = _steps(ref_run)
     assert ae.failures == 1  # the first whole-image pass failed; the rest of the run stayed tiled
     assert free.calls == 1 and run._oom.tiled and run._oom.fallbacks == 1
+    assert all(m.checkpoint for m in run.inn.modules() if hasattr(m, "checkpoint"))  # INN checkpointed too
     assert "ran out of memory" in caplog.text and "tiles of 8 latent pixels" in caplog.text
     assert float((out - ref).abs().max()) < 1e-5
     # the retried step refined the INN once, not twice (a second Adam step would move parameters

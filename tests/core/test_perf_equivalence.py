@@ -109,6 +109,26 @@ def test_checkpointed_decoder_gradient_equals_plain():
     assert float(grads[0].abs().max()) > 0
 
 
+def test_checkpointed_inn_gradients_equal_plain():
+    """WaveletINN.set_checkpointing: same outputs, input gradients and parameter gradients."""
+    torch.manual_seed(0)
+    inn = WaveletINN(INNConfig.preset("pixel-small")).eval()
+    x = torch.rand(1, 3, 32, 48)
+    gamma = torch.randn(1, 128)
+    results = []
+    for flag in (False, True):
+        inn.set_checkpointing(flag)
+        xx = x.clone().requires_grad_(True)
+        c, d = inn(xx, gamma)
+        loss = c.square().mean() + d[0].abs().mean()
+        grads = torch.autograd.grad(loss, [xx] + list(inn.parameters()))
+        results.append((c.detach(), grads))
+    inn.set_checkpointing(False)
+    (c1, g1), (c2, g2) = results
+    assert _max_diff(c1, c2) == 0.0
+    assert max(_max_diff(a, b) for a, b in zip(g1, g2)) < 1e-6
+
+
 def test_tiled_checkpointed_decoding_equals_tiled_decoding():
     ae = ConvTestAutoencoder()
     z = torch.randn(1, 4, 20, 28)
@@ -139,9 +159,11 @@ def _pixel_runs(**options):
     return outs, run
 
 
-def test_guided_run_with_decoder_checkpointing_matches_plain():
+@pytest.mark.parametrize("options", [{"checkpoint_decoder": True}, {"checkpoint_inn": True},
+                                     {"checkpoint_decoder": True, "checkpoint_inn": True}])
+def test_guided_run_with_checkpointing_matches_plain(options):
     ref, run_ref = _pixel_runs()
-    ck, run_ck = _pixel_runs(checkpoint_decoder=True)
+    ck, run_ck = _pixel_runs(**options)
     assert max(_max_diff(a, b) for a, b in zip(ref, ck)) < TOL
     assert max(_max_diff(a, b) for a, b in zip(ref, ck)) < 1e-5  # in fact: rounding only
     for p, q in zip(run_ref.inn.parameters(), run_ck.inn.parameters()):
