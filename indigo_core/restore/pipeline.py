@@ -165,7 +165,7 @@ def load_models(mode: str, inn: Optional[str] = None, prior_vae: Optional[str] =
     if mode not in MODES:
         raise ConfigError(f"mode: expected one of {MODES}, got {mode!r}")
     m = RestoreModels()
-    if mode != "bicubic":
+    if mode not in ("bicubic", "pixel-inn-zero"):
         vae_path = _existing(prior_vae or bundled.bundled_path(bundled.PRIOR_VAE), "prior autoencoder")
         m.autoencoder = load_autoencoder(vae_path)
         m.scale_factor = float(read_latent_format(vae_path).get("scale_factor", 0.18215))

@@ -7,7 +7,6 @@ under inference mode like the server).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import models as M
+from inn_files import state_hash  # noqa: F401  (re-exported for the guidance tests)
 
 #: Guidance widgets of the pack's guidance nodes (the nodes' defaults, except where a test says).
 DEFAULT_WIDGETS = dict(mode="auto", zeta=0.3, w_dc=2.5, w_p=0.0, step_size=0.5, max_step=0.1, grad_wrt="z0",
@@ -43,18 +43,6 @@ def tiny_inn(host, domain: str, split: str | None = None, seed: int = 0, channel
 def to_image(x: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) -> ComfyUI IMAGE (B,H,W,3)."""
     return x.movedim(1, -1).contiguous()
-
-
-def state_hash(module: torch.nn.Module) -> str:
-    """SHA-256 over every tensor of the state dict (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 @dataclass
