@@ -28,10 +28,9 @@ CATEGORY = "INDIGO"
 INN = io.Custom("INDIGO_INN")
 
 
-def inn_summary(inn: Any, name: Optional[str] = None) -> dict[str, Any]:
-    """JSON-ready facts about an INN for the UI: file name, domain, scale, channels, split, levels,
-    pairs per level, parameter count."""
-    cfg = inn.config
+def config_facts(cfg: Any, name: Optional[str] = None) -> dict[str, Any]:
+    """JSON-ready facts of an INNConfig for the UI: file name, domain, scale, channels, split,
+    levels, pairs per level."""
     return {
         "name": name,
         "domain": cfg.domain,
@@ -40,8 +39,12 @@ def inn_summary(inn: Any, name: Optional[str] = None) -> dict[str, Any]:
         "split": cfg.split,
         "levels": int(cfg.levels),
         "pairs": int(cfg.pairs),
-        "params": int(sum(p.numel() for p in inn.parameters())),
     }
+
+
+def inn_summary(inn: Any, name: Optional[str] = None) -> dict[str, Any]:
+    """`config_facts` of a loaded INN plus its parameter count."""
+    return {**config_facts(inn.config, name), "params": int(sum(p.numel() for p in inn.parameters()))}
 
 
 def format_inn_summary(info: dict[str, Any]) -> str:

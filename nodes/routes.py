@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 from ..indigo_core.errors import IndigoError
+from .common import config_facts
 from .host import MODEL_FOLDER, add_json_route
 from .load_inn import find_model
 
@@ -27,18 +28,8 @@ _registered = False
 
 
 def inn_facts(cfg: Any, name: str, source: str) -> dict[str, Any]:
-    """JSON-ready facts of an INNConfig (the keys of ``common.inn_summary`` without ``params``)."""
-    return {
-        "ok": True,
-        "name": name,
-        "domain": cfg.domain,
-        "scale": int(cfg.scale),
-        "channels": int(cfg.channels),
-        "split": cfg.split,
-        "levels": int(cfg.levels),
-        "pairs": int(cfg.pairs),
-        "source": source,
-    }
+    """JSON-ready facts of an INNConfig (``common.config_facts``) for the route's answer."""
+    return {"ok": True, **config_facts(cfg, name), "source": source}
 
 
 def inn_info(query: dict[str, str]) -> tuple[int, dict[str, Any]]:

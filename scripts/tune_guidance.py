@@ -26,11 +26,10 @@ from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, centre_crop, split  # noqa: E
 import torch  # noqa: E402
 
 SEARCH = {
-    "latent": {"denoise": [0.2, 0.3, 0.4, 0.5, 0.6, 0.8], "steps": [10, 20, 30],
-               "zeta": [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0], "regulariser_end": [0.0, 0.3, 0.6]},
-    "pixel": {"denoise": [0.2, 0.3, 0.4, 0.5, 0.6, 0.8], "steps": [10, 20, 30],
-              "step_size": [0.25, 0.5, 1.0, 1.5], "w_p": [0.0, 0.5, 1.0, 2.0], "max_step": [0.1, 0.25, 0.5, 1.0],
-              "regulariser_end": [0.0, 0.3, 0.6]},
+    "latent": {"denoise": [0.3, 0.5, 0.7], "zeta": [0.2, 0.5, 0.8, 1.0], "regulariser_end": [0.0, 0.3],
+               "steps": [10, 20]},
+    "pixel": {"denoise": [0.3, 0.5, 0.7], "step_size": [0.5, 1.0, 1.5], "w_p": [0.0, 1.0],
+              "max_step": [0.25, 1.0], "regulariser_end": [0.0, 0.3], "steps": [10, 20]},
 }
 
 
