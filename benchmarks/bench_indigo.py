@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import json
 import logging
 import os
@@ -79,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-optimisations", action="store_true", help="skip the before/after optimisation section")
     p.add_argument("--opt-size", type=int, default=None, help="size of the optimisation section (CPU 256, CUDA 512)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the INN (minutes on a CPU)")
+    p.add_argument("--optimisations-only", action="store_true", help="only the before/after optimisation section")
     p.add_argument("--quick", action="store_true", help="smoke run: 256 px, tiled 256/512, one repeat")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI 0.3.75 checkout")
@@ -110,9 +112,11 @@ _LIBC = _libc()
 
 
 def release_freed_heap() -> None:
-    """glibc keeps freed blocks below its mmap threshold in the heap, so RSS would carry one
-    measurement's garbage into the next one's baseline: hand them back before each measurement.
-    (Forcing every allocation through mmap instead doubles the INN's time in page faults.)"""
+    """Before each measurement: collect garbage, and hand freed heap back to the OS (glibc keeps
+    freed blocks below its mmap threshold, so RSS would carry one measurement's garbage into the
+    next one's baseline; forcing every allocation through mmap instead doubles the INN's time in
+    page faults)."""
+    gc.collect()
     if _LIBC is not None:
         with contextlib.suppress(AttributeError):
             _LIBC.malloc_trim(0)
@@ -710,7 +714,7 @@ def machine(args, cuda: bool) -> dict:
                 break
     d = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
          "cpu": cpu, "cpu_count": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / GB, 1),
-         "threads": torch.get_num_threads(), "load_average_start": os.getloadavg(),
+         "threads": torch.get_num_threads(),
          "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
     return d
 
@@ -769,7 +773,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads or 1)
     elif args.threads:
         torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+    t_start, load_start = time.perf_counter(), os.getloadavg()
     bench = Bench(cuda, args.clock)
     S = Setup(args, cuda)
     log.info("device %s, torch %s, threads %d, clock %s, sizes %s, tiled %s, w_p %g", S.device, torch.__version__,
@@ -781,13 +785,14 @@ def main(argv=None) -> dict:
     for settings in (S.settings("latent_inn"), S.settings("pixel_inn")):
         S.run(S.spec(settings, 128), 128).step(S.z(128), 0, 10)
 
-    for size in zt_sizes(S, args):  # first: their memory tells the larger sizes what to expect
-        if size not in args.sizes:
-            measure_small(S, bench, size, args)
-    for i, size in enumerate(args.sizes):
-        measure_size(S, bench, size, i == 0, args)
-    for size in args.tiled_sizes:
-        measure_tiled(S, bench, size, args)
+    if not args.optimisations_only:
+        for size in zt_sizes(S, args):  # first: their memory tells the larger sizes what to expect
+            if size not in args.sizes:
+                measure_small(S, bench, size, args)
+        for i, size in enumerate(args.sizes):
+            measure_size(S, bench, size, i == 0, args)
+        for size in args.tiled_sizes:
+            measure_tiled(S, bench, size, args)
     opt = {} if args.no_optimisations else measure_optimisations(S, bench, args)
 
     main_ratios, why = ratios(bench, args, "seconds")
@@ -810,6 +815,7 @@ def main(argv=None) -> dict:
         "optimisations": opt,
     }
     results.update(cuda_keys(bench, args) if cuda else {})
+    results["machine"]["load_average_start"] = load_start
     results["machine"]["load_average_end"] = os.getloadavg()
     results["machine"]["total_wall_s"] = round(time.perf_counter() - t_start, 1)
     print_table(results)

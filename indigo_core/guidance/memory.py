@@ -98,21 +98,23 @@ class OutOfMemoryGuard:
     and retries, else raises GuidanceMemoryError.
 
     free_cache: the host's cache-emptying callback (or None). tile: (tile, overlap) in latent
-    pixels for the fallback. on_fallback: called once when the run switches (the run turns on the
-    INN's checkpointing there). `tiled` tells the run to use tiled VAE passes from now on (set by
-    the first failure, kept for the rest of the run: the next steps would fail the same way).
+    pixels for the fallback. `tiled` tells the run to use tiled VAE passes from now on (set by the
+    first failure, kept for the rest of the run: the next steps would fail the same way).
+    The guard holds no reference to its run (no reference cycle: a finished run's tensors are
+    freed as soon as the host drops it, not at the next garbage collection).
     """
 
     def __init__(self, free_cache: Optional[Callable[[], None]] = None,
-                 tile: Sequence[int] = FALLBACK_TILE, on_fallback: Optional[Callable[[], None]] = None) -> None:
+                 tile: Sequence[int] = FALLBACK_TILE) -> None:
         self.free_cache = free_cache
         self.tile = (int(tile[0]), int(tile[1]))
-        self.on_fallback = on_fallback
         self.tiled = False
         self.fallbacks = 0
 
-    def run(self, what: str, shape: Sequence[int], fn: Callable[[], object]):
-        """`fn()` (a pure action: no state changed before it can fail), retried as described."""
+    def run(self, what: str, shape: Sequence[int], fn: Callable[[], object],
+            on_fallback: Optional[Callable[[], None]] = None):
+        """`fn()` (a pure action: no state changed before it can fail), retried as described;
+        `on_fallback()` runs once when the run switches (the run turns on INN checkpointing)."""
         for attempt in range(2):
             failed = None
             try:
@@ -126,8 +128,8 @@ class OutOfMemoryGuard:
             if attempt == 0 and not self.tiled:
                 self.tiled = True
                 self.fallbacks += 1
-                if self.on_fallback is not None:
-                    self.on_fallback()
+                if on_fallback is not None:
+                    on_fallback()
                 log.warning("INDIGO guidance ran out of memory while %s (latent %s): retrying with the VAE in "
                             "tiles of %d latent pixels and checkpointed gradients for the rest of the run (%s)",
                             what, "x".join(str(v) for v in shape[-2:]), self.tile[0], failed)

@@ -170,7 +170,7 @@ class GuidanceRun:
         self._use_graphs = on_cuda and cuda_graphs is not False            # LatentINN update
         self._use_objective_graphs = on_cuda and cuda_graphs is True       # gradient modes
         self.checkpoint_decoder = bool(checkpoint_decoder)
-        self._oom = OutOfMemoryGuard(free_cache, fallback_tile, on_fallback=lambda: self._checkpoint_inn(True))
+        self._oom = OutOfMemoryGuard(free_cache, fallback_tile)
         self._graph = None
         self._objective_graph = None
 
@@ -316,6 +316,10 @@ class GuidanceRun:
         if self.inn is not None and hasattr(self.inn, "set_checkpointing"):
             self.inn.set_checkpointing(enabled)
 
+    def _guarded(self, what: str, shape, fn):
+        """fn() under the out-of-memory guard; its fallback also checkpoints the INN."""
+        return self._oom.run(what, shape, fn, on_fallback=lambda: self._checkpoint_inn(True))
+
     # VAE passes: whole, or tile by tile once a pass has run out of memory (memory.py).
     def _decode(self, z: Tensor) -> Tensor:
         """D(z) as float32, with a gradient when grad mode is on (checkpointed if so chosen)."""
@@ -332,13 +336,13 @@ class GuidanceRun:
     def _encode_up(self, y: Tensor, size: Sequence[int], what: str) -> Tensor:
         """E(up(y)) at image size `size` (H,W), float32."""
         d = self.downscale
-        return self._oom.run(what, (size[0] // d, size[1] // d),
+        return self._guarded(what, (size[0] // d, size[1] // d),
                              lambda: self._encode(upsample_measurement(y, size)))
 
     @torch.no_grad()
     def _reencode(self, z: Tensor) -> Tensor:
         """The regulariser E(D(z0)) (regulariser.py's reencode, with the memory fallback)."""
-        return self._oom.run("re-encoding (regulariser)", z.shape, lambda: self._encode(self._decode(z)))
+        return self._guarded("re-encoding (regulariser)", z.shape, lambda: self._encode(self._decode(z)))
 
     def _objective(self, x0: Tensor) -> Objective:
         s = self.settings
@@ -420,7 +424,7 @@ class GuidanceRun:
         with torch.inference_mode(False):
             # Each action is pure until its optimiser step (its last operation), so an action that
             # runs out of memory can be retried whole (memory.OutOfMemoryGuard).
-            guard = self._oom.run
+            guard = self._guarded
             if z_t is not None:
                 out_dtype, out_device = z_t.dtype, z_t.device
                 if guide:
@@ -573,7 +577,7 @@ class GuidanceRun:
             z = z0.detach().clone().to(self.device, torch.float32)
             if s.inn_domain == "latent":
                 z = latent_inn_guide(z, self.z_y, self.g, self.degradation, 1.0)
-            x = self._oom.run("decoding the preview", z.shape, lambda: self._decode(z))
+            x = self._guarded("decoding the preview", z.shape, lambda: self._decode(z))
             if s.inn_domain == "pixel":
                 _, x_d = self.g(x, self.degradation)
                 x = self.g.inverse(self.y, x_d, self.degradation)

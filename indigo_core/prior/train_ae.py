@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "init, the decoder starts from latents drowned in unit noise and short runs stay blurry")
     p.add_argument("--init", default=None, help="start from the weights of an exported autoencoder file "
                    "(fresh optimizer; e.g. to continue a GPU run on another machine)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="with --init: train only the decoder side (post_quant_conv and decoder). The encoder, "
+                        "its quant_conv and so the latent space stay bit-identical to the --init file, so a "
+                        "UNet or LatentINN trained on those latents stays valid")
     p.add_argument("--stats-crops", type=int, default=256,
                    help="training crops encoded to measure the latent statistics (default 256)")
 
@@ -99,7 +103,14 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
             raise ConfigError(f"--init {args.init}: its architecture {init.cfg.to_dict()} is not preset {args.preset!r}")
         ae.load_state_dict(init.state_dict())
         log.info("initialised from %s", args.init)
-    opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0,
+    if args.freeze_encoder and not args.init:
+        raise ConfigError("--freeze-encoder needs --init: the exported autoencoder whose encoder is kept")
+    encoder_side = [ae.encoder, ae.quant_conv]
+    if args.freeze_encoder:
+        for m in encoder_side:
+            m.requires_grad_(False)
+    trainable = [p for p in ae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0,
                             fused=device.type == "cuda")
     step = 0
     if args.resume:
@@ -120,12 +131,16 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     acc, n_acc = None, 0
     while not budget.done(step - first_step):
         ae.train()
+        if args.freeze_encoder:
+            for m in encoder_side:
+                m.eval()
         lr = budget.lr(step - first_step, args.lr)
         for g in opt.param_groups:
             g["lr"] = lr
         x = sampler(args.batch_size)
         with autocast(device, args.amp):
-            mean, logvar = ae.moments(x * 2.0 - 1.0)
+            with torch.set_grad_enabled(not args.freeze_encoder):
+                mean, logvar = ae.moments(x * 2.0 - 1.0)
             z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
             y = ae.decode_raw(z)
         rec = (y.float() + 1.0) * 0.5
@@ -136,7 +151,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         loss = l1 + args.ssim_weight * ssim_loss + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         step += 1
         # Summed on the device and read back only when logging: no host sync on every step.
@@ -164,9 +179,11 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step)
 
     # Fold the latent statistics into the 1x1 convs: SD1's 0.18215 then gives unit variance.
+    # A frozen encoder keeps the --init file's (already folded) latent space: nothing to fold.
     mean_c, std_c = latent_stats(ae, sampler, args.stats_crops)
     before = evaluate(ae, val_crops)
-    ae.normalise_latents(mean_c, std_c)
+    if not args.freeze_encoder:
+        ae.normalise_latents(mean_c, std_c)
     factors, bias = latent_rgb_factors(ae, sampler(min(32, args.stats_crops)))
     check_mean, check_std = latent_stats(ae, sampler, min(64, args.stats_crops))
 
@@ -184,6 +201,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
                          "config": cfg.to_dict(), "parameters": n_params,
                          "comfy_vae_config": cfg.to_comfy_config()},
         "latent_format": {"scale_factor": cfg.scale_factor, "normalised": True,
+                          "encoder": ("frozen: identical to the --init file's" if args.freeze_encoder else "trained"),
                           "raw_mean_before": [round(v, 4) for v in mean_c], "raw_std_before": [round(v, 4) for v in std_c],
                           "scaled_mean_after": [round(v * cfg.scale_factor, 4) for v in check_mean],
                           "scaled_std_after": [round(v * cfg.scale_factor, 4) for v in check_std],
@@ -191,7 +209,8 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         "data": {"train_images": len(images), "val_images": len(val_images), "split": split,
                  "augmentation": f"random {args.crop}x{args.crop} crops (area-weighted image choice), horizontal flips",
                  "small_images": f"shorter sides below {args.crop} upscaled (bicubic) to {args.crop}"},
-        "training": {"steps": step, "init": args.init, "init_logvar": args.init_logvar, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
+        "training": {"steps": step, "init": args.init, "init_sha256": sha256(Path(args.init)) if args.init else None,
+                     "trained_parts": "decoder side only" if args.freeze_encoder else "all", "init_logvar": args.init_logvar, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
                      "optimizer": "AdamW(0.9, 0.99), grad-norm clip 1, warm-up then cosine over the time budget",
                      "loss": f"L1 + {args.ssim_weight} (1 - SSIM) + {args.kl_weight} KL/(3HW); z sampled from the posterior",
                      "amp": "bf16" if (args.amp and device.type == "cuda") else "float32",

@@ -162,3 +162,19 @@ def test_is_out_of_memory():
     assert is_out_of_memory(RuntimeError("MPS backend out of memory"))
     assert not is_out_of_memory(RuntimeError("expected scalar type Float"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_a_finished_run_is_freed_without_waiting_for_the_garbage_collector():
+    """No reference cycle through the memory guard: dropping a run frees its tensors at once."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        run = _pixel_run(LinearTestAutoencoder(4, 8), refine=True, regulariser=True)
+        _steps(run, n=1)
+        ref = weakref.ref(run)
+        del run
+        assert ref() is None
+    finally:
+        gc.enable()
