@@ -40,6 +40,11 @@ import threading
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.inns import INN_CHOICES, inn_configs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PACK_ALIAS = "comfyui_indigo_bench"
 PAPER_PIXEL_OVER_LATENT = 18.37 / 9.76  # Table VI
@@ -52,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="steps of each timed run (default 8; --quick 3)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 3)")
     p.add_argument("--whole-steps", type=int, default=None, help="steps of the whole-run comparison (default 20)")
+    p.add_argument("--inn", choices=INN_CHOICES, default="paper",
+                   help="INN architectures: the paper's sizes (default) or the shipped default INNs' (benchmarks/inns.py)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--lpips", action="store_true", help="include the LPIPS term (w_p = 1) if its weights exist")
     p.add_argument("--threads", type=int, default=None,
@@ -180,8 +187,9 @@ def main(argv=None) -> dict:
         model = M.sd15_unet_model(seed=0, dtype=unet_dtype, device=device if cuda else None)
         vae = M.sd_vae(seed=1)
     gen = torch.Generator().manual_seed(2)
-    latent_inn = core.WaveletINN(core.INNConfig.preset("latent-paper")).eval().requires_grad_(False)
-    pixel_inn = core.WaveletINN(core.INNConfig.preset("pixel-paper")).eval().requires_grad_(False)
+    inns = inn_configs(module, args.inn)
+    latent_inn = core.WaveletINN(inns["latent"][0]).eval().requires_grad_(False)
+    pixel_inn = core.WaveletINN(inns["pixel"][0]).eval().requires_grad_(False)
     h = args.size // 8
     cond = [[torch.randn(1, 77, 768, generator=gen) * 0.1, {}]]
     y_pixel = torch.rand(1, 3, args.size // pixel_inn.config.scale, args.size // pixel_inn.config.scale, generator=gen)
@@ -231,7 +239,8 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
         "torch": torch.__version__, "size": args.size, "latent": h, "unet_dtype": str(unet_dtype),
         "vae_dtype": str(vae.vae_dtype), "steps": args.steps, "repeats": args.repeats, "quick": args.quick,
-        "sampler": "euler", "cfg": 1.0, "w_p": w_p, "inn_presets": {"latent": "latent-paper", "pixel": "pixel-paper"},
+        "sampler": "euler", "cfg": 1.0, "w_p": w_p, "inn": args.inn,
+        "inn_presets": {d: label for d, (_, label) in inns.items()},
         "threads": torch.get_num_threads(),
     }
     kinds = ("unguided", "latent", "pixel")

@@ -46,6 +46,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_guidance import import_host, module  # noqa: E402
+from benchmarks.inns import INN_CHOICES, inn_configs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_indigo")
@@ -82,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the INN (minutes on a CPU)")
     p.add_argument("--optimisations-only", action="store_true", help="only the before/after optimisation section")
     p.add_argument("--quick", action="store_true", help="smoke run: 256 px, tiled 256/512, one repeat")
+    p.add_argument("--inn", choices=INN_CHOICES, default="paper",
+                   help="INN architectures: the paper's sizes (default) or the shipped default INNs' (benchmarks/inns.py)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI 0.3.75 checkout")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/bench_indigo_<device>.json)")
@@ -274,8 +277,10 @@ class Setup:
         self.sd_vae = M.sd_vae
         mm.load_models_gpu([self.model])
         torch.manual_seed(2)
-        self.latent_inn = core.WaveletINN(core.INNConfig.preset("latent-paper")).eval().requires_grad_(False)
-        self.pixel_inn = core.WaveletINN(core.INNConfig.preset("pixel-paper")).eval().requires_grad_(False)
+        inns = inn_configs(module, args.inn)
+        self.inn_labels = {d: label for d, (_, label) in inns.items()}
+        self.latent_inn = core.WaveletINN(inns["latent"][0]).eval().requires_grad_(False)
+        self.pixel_inn = core.WaveletINN(inns["pixel"][0]).eval().requires_grad_(False)
         gen = torch.Generator().manual_seed(3)
         self.cond = [[torch.randn(1, 77, 768, generator=gen) * 0.1, {}]]
         self.degradation = torch.randn(1, 128, generator=gen)
@@ -804,7 +809,7 @@ def main(argv=None) -> dict:
                      "overlap": args.overlap, "repeats": args.repeats, "cheap_repeats": args.cheap_repeats,
                      "clock": bench.clock.basis, "unet_dtype": str(S.unet_dtype), "vae_dtype": str(S.vae.vae_dtype),
                      "w_p": S.w_p, "sampler": "euler", "cfg": 1.0,
-                     "inn_presets": {"latent": "latent-paper", "pixel": "pixel-paper"}},
+                     "inn": args.inn, "inn_presets": S.inn_labels},
         "memory_kind": bench.mem.kind,
         **{k: round(v, 4) for k, v in main_ratios.items()},
         "ratios_wall_time": {k: round(v, 4) for k, v in wall_ratios.items()},
