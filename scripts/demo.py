@@ -54,6 +54,47 @@ def load_workflow(steps: int | None = None) -> dict:
     return graph
 
 
+def sync_workflow_defaults() -> bool:
+    """Write the restore CLI's per-mode defaults (indigo_core.restore.pipeline.default_settings)
+    into the demo workflow's two samplers and regularisers; True if the file changed."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from indigo_core.restore.pipeline import default_settings
+
+    graph = json.loads(WORKFLOW.read_text())
+    before = json.dumps(graph, sort_keys=True)
+    for node in graph.values():
+        if node["class_type"] != "INDIGO_GuidedKSampler":
+            continue
+        title = node["_meta"]["title"]
+        s = default_settings({"LatentINN": "latent", "PixelINN": "pixel"}[title])
+        node["inputs"].update(steps=s.steps, denoise=s.denoise, seed=s.seed, sampler_name=s.sampler,
+                              scheduler=s.scheduler, zeta=s.zeta, w_dc=s.w_dc, w_p=s.w_p, step_size=s.step_size,
+                              max_step=s.max_step or 0.0, colour_fix=s.colour_fix)
+        reg = graph[node["inputs"]["regulariser"][0]]["inputs"]
+        if s.regulariser_end > 0:
+            reg.update(schedule="fraction", start=0.0, end=s.regulariser_end)
+        else:
+            reg.update(schedule="off")
+    if json.dumps(graph, sort_keys=True) == before:
+        return False
+    WORKFLOW.write_text(json.dumps(graph, indent=2) + "\n")
+    return True
+
+
+def free_out_dir(out: Path, overwrite: bool) -> Path:
+    """`out`, or (when it already holds demo outputs and overwrite is off) the first free
+    `out`-2, `out`-3, ...: an earlier demo's files are never replaced silently."""
+    names = list(SAVED) + ["metrics.md"]
+    if overwrite or not any((out / n).exists() for n in names):
+        return out
+    k = 2
+    while any((out.with_name(f"{out.name}-{k}") / n).exists() for n in names):
+        k += 1
+    alt = out.with_name(f"{out.name}-{k}")
+    say(f"{out} holds an earlier demo's files (kept; --overwrite replaces them): writing to {alt}")
+    return alt
+
+
 def prepare_photo(photo: Path, crop: int | None, target: Path) -> tuple[int, int]:
     """Copy the photo (its centre crop x crop if given; sides cut to multiples of 32) to `target`."""
     from PIL import Image
@@ -140,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=None, help="use the centre crop of this size (default: whole photo)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the workflow's)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "demo", help="output folder")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in --out")
+    ap.add_argument("--sync-workflow", action="store_true",
+                    help="only write the restore CLI's defaults into the demo workflow file, then exit")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the workflow")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the ComfyUI process (default 1: on a small CPU shared with other "
@@ -147,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                          "0 leaves torch's default)")
     args = ap.parse_args(argv)
 
+    if args.sync_workflow:
+        say(f"{WORKFLOW.name}: " + ("updated" if sync_workflow_defaults() else "already in sync"))
+        return 0
     t_start = time.monotonic()
+    args.out = free_out_dir(args.out, args.overwrite)
     missing = [m for m in REQUIRED_MODELS if not (REPO_ROOT / m).is_file()]
     if missing:
         raise SystemExit(f"the pack's bundled models are missing: {missing}")

@@ -70,6 +70,20 @@ def test_train_autoencoder_then_unet(photos, tmp_path) -> None:
     with pytest.raises(TrainingError, match="overwrite"):
         run(["autoencoder", *common, "--preset", "tiny"])
 
+    # Decoder-only fine-tuning keeps the latent space: encoder-side tensors bit-identical.
+    tuned = tmp_path / "tuned"
+    tcommon = [c if c != str(out) else str(tuned) for c in common]
+    card_t = run(["autoencoder", *tcommon, "--preset", "tiny", "--crop", "64", "--val-size", "64", "--batch-size", "2",
+                  "--stats-crops", "4", "--init", str(ae_file), "--freeze-encoder", "--lr", "1e-2"])
+    assert card_t["training"]["trained_parts"] == "decoder side only"
+    before, after = ae.state_dict(), load_autoencoder(tuned / "indigo-prior-vae.safetensors").state_dict()
+    enc = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    dec = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert enc and dec and all(torch.equal(before[k], after[k]) for k in enc)
+    assert any(not torch.equal(before[k], after[k]) for k in dec)
+    with pytest.raises(Exception, match="--init"):
+        run(["autoencoder", *tcommon, "--preset", "tiny", "--freeze-encoder", "--overwrite"])
+
     card = run(["unet", *common, "--autoencoder", str(ae_file), "--preset", "tiny", "--latent-size", "8",
                 "--batch-size", "4", "--scales", "1", "--no-mirror", "--samples", "2", "--sample-steps", "2"])
     assert card["training"]["steps"] == 2 and card["autoencoder"]["file"] == ae_file.name
