@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 
 from benchmarks.bench_guidance import import_host  # noqa: E402
 from benchmarks.bench_indigo import Setup  # noqa: E402
+from benchmarks.inns import INN_CHOICES  # noqa: E402
 
 log = logging.getLogger("profile_indigo")
 
@@ -34,6 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--top", type=int, default=15, help="profiler entries kept per call")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-lpips", action="store_true")
+    p.add_argument("--inn", choices=INN_CHOICES, default="paper", help="INN architectures (benchmarks/inns.py)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--comfyui", default=None)
     p.add_argument("--into", default=None, help="benchmark JSON to add a 'profiles' section to")
