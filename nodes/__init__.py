@@ -30,6 +30,7 @@ NODE_SPECS: tuple[tuple[str, str], ...] = (
     ("inn_refine", "INNRefine"),
     ("regulariser", "Regulariser"),
     ("synthetic_degradation", "SyntheticDegradation"),
+    ("colour_fix", "ColourFix"),
     ("compare_images", "CompareImages"),
 )
 

@@ -70,6 +70,9 @@ def sync_workflow_defaults() -> bool:
         node["inputs"].update(steps=s.steps, denoise=s.denoise, seed=s.seed, sampler_name=s.sampler,
                               scheduler=s.scheduler, zeta=s.zeta, w_dc=s.w_dc, w_p=s.w_p, step_size=s.step_size,
                               max_step=s.max_step or 0.0, colour_fix=s.colour_fix)
+        for fix in graph.values():  # the Colour Fix after this sampler's VAE Decode
+            if fix["class_type"] == "INDIGO_ColourFix" and fix["_meta"]["title"] == f"colour fix ({title})":
+                fix["inputs"]["method"] = s.colour_fix
         reg = graph[node["inputs"]["regulariser"][0]]["inputs"]
         if s.regulariser_end > 0:
             reg.update(schedule="fraction", start=0.0, end=s.regulariser_end)
@@ -162,7 +165,13 @@ async def _follow(server, graph: dict, timeout: float) -> str:
 
 def collect(server, prompt_id: str, out: Path) -> str:
     """Copy the saved images into `out`; returns the CompareImages metrics text."""
-    entry = server.history(prompt_id)
+    # The websocket's last "executing" event comes before the server files the prompt's history.
+    entry, t0 = None, time.monotonic()
+    while time.monotonic() - t0 < 30.0:
+        entry = server.history(prompt_id)
+        if entry is not None and entry.get("status", {}).get("completed") is not None:
+            break
+        time.sleep(0.1)
     if entry is None or entry.get("status", {}).get("status_str") != "success":
         raise SystemExit(f"the workflow did not succeed: {host_harness.history_error(entry or {})}")
     outputs = entry["outputs"]
