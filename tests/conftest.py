@@ -24,6 +24,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SEED = 1234
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op torch thread for the whole session: the tests' tensors are small and the test
+    machines are shared, where two threads spinning against other processes run many times slower
+    than one. Results do not depend on it (float rounding aside). Restored at the end."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for line in (
         "slow: longer tests (server boots, short trainings)",

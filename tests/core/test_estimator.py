@@ -4,7 +4,6 @@ small variant, safetensors round trip."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -16,16 +15,6 @@ from indigo_core.estimator import DegradationTeacher, EstimatorConfig, load_esti
 
 # Width reduced from KDSR's 128 to keep the test fast; the layout (and key names) are KDSR's.
 W, NRES = 16, 6
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tensors are small, and on a shared 2-core machine extra OpenMP
-    threads only spin against other processes (measured: 5x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def kdsr_state_dict(gen: torch.Generator, width: int = W, n_res: int = NRES, in_ch: int = 3) -> dict:

@@ -20,14 +20,6 @@ from indigo_core.guidance import (GuidanceMemoryError, GuidanceRun, GuidanceSett
 from _guidance_toy import pixel_small_inn, tiny_latent_inn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class OOMAutoencoder(LinearTestAutoencoder):
     """Raises `error()` for latents wider than `limit` (decode) or images wider than limit * d
     (encode); counts the calls that failed."""

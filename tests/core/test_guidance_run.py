@@ -21,15 +21,6 @@ from _guidance_toy import (GaussianPrior, karras_sigmas, linear_sigmas, params_h
                            pixel_small_inn, sample, tiny_latent_inn)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine is shared: one intra-op thread is faster than two contended ones
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 AE = LinearTestAutoencoder(4, 8)
 
 

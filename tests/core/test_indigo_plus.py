@@ -4,7 +4,6 @@ restricted reader, computes what the documented layout computes, and is invertib
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -14,16 +13,6 @@ from indigo_core.errors import UnsafePickleError, WeightsFileError
 from indigo_core.inn.indigo_plus import load_indigo_plus_pth, load_indigo_plus_state_dict, to_indigo_plus_key
 
 LIFTS, BLOCKS, WIDTH = 4, 2, 32
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tensors are small, and on a shared 2-core machine extra OpenMP
-    threads only spin against other processes (measured: 5x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def documented_state_dict(gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Iterator
 
 import pytest
 import torch
@@ -18,16 +17,6 @@ CASES = [
     ("pixel-paper", (96, 80)),
     ("latent-paper", (32, 24)),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tensors are small, and on a shared 2-core machine extra OpenMP
-    threads only spin against other processes (measured: 5x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(split: str = "haar") -> INNConfig:

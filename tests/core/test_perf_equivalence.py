@@ -26,14 +26,6 @@ from _guidance_toy import pixel_small_inn, tiny_latent_inn
 TOL = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class ConvTestAutoencoder(nn.Module):
     """A small non-linear conv autoencoder (x4) with GroupNorm/SiLU like an SD decoder's blocks."""
 

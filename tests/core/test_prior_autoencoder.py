@@ -18,15 +18,6 @@ from indigo_core.prior.weights import load_autoencoder, read_latent_format, save
 TINY = AutoencoderConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(64,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, busy CPU two threads per process run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def tiny_ae() -> AutoencoderKL:
     torch.manual_seed(0)

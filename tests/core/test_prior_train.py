@@ -18,15 +18,6 @@ from indigo_core.prior.trainutil import Budget
 from indigo_core.prior.weights import load_autoencoder, load_unet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, busy CPU two threads per process run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def photos(tmp_path):
     d = tmp_path / "photos"

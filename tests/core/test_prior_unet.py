@@ -18,15 +18,6 @@ SD15 = UNetConfig(model_channels=320, channel_mult=(1, 2, 4, 4), attention_depth
                   context_dim=768)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, busy CPU two threads per process run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_sd15_config_reproduces_sd15_unet() -> None:
     """With SD1.5's settings the module is SD1.5's UNet: 859,520,964 parameters, 686 tensors, its names."""
     with torch.device("meta"):

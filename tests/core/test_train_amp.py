@@ -5,22 +5,12 @@ inert attention key bias is held fixed."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from indigo_core.inn.config import INNConfig
 from indigo_core.inn.lifting import LiftNet
 from indigo_core.inn.network import WaveletINN
 from indigo_core.train.common import autocast_lift_nets, mask_inert_key_bias
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # one thread: on a shared, oversubscribed CPU torch's spinning worker threads are much slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _tiny() -> WaveletINN:

@@ -14,14 +14,6 @@ from indigo_core.train import run
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the runs use --threads 1 too: polite on a shared CPU, and faster there
-    yield
-    torch.set_num_threads(n)
-
-
 def test_teacher_then_student_and_export(tmp_path):
     from indigo_core.estimator import DegradationEstimator, load_estimator
 

@@ -6,21 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from _train_helpers import LEARNABLE_DEGRADATION, QUIET, TINY_INN, halving_ratio, losses, make_crops, make_test_vae
 from indigo_core.errors import ConfigError
 from indigo_core.train import run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the runs use --threads 1 too: polite on a shared CPU, and faster there
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

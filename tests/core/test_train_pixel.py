@@ -20,14 +20,6 @@ def crops(tmp_path_factory):
     return make_crops(tmp_path_factory.mktemp("crops"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the runs use --threads 1 too: polite on a shared CPU, and faster there
-    yield
-    torch.set_num_threads(n)
-
-
 def argv(data, out, *extra):
     return ["pixel-inn", "--data", str(data), "--val-count", "0", "--out", str(out), "--crop", "32",
             "--batch-size", "4", "--steps", "50", "--lr", "2e-3", "--warmup-steps", "15", "--val-every", "0",

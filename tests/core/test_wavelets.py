@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -21,16 +20,6 @@ from indigo_core.inn.wavelets import HaarSplit, LazySplit, UndecimatedHaarSplit,
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ["builtin", pytest.param("pytorch_wavelets", marks=pytest.mark.skipif(
     load_pytorch_wavelets() is None, reason="pytorch_wavelets not importable here"))]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tensors are small, and on a shared 2-core machine extra OpenMP
-    threads only spin against other processes (measured: 5x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ import pickle
 import struct
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -18,16 +17,6 @@ from indigo_core import INNConfig, WaveletINN, load_inn, save_inn
 from indigo_core.errors import UnsafePickleError, WeightsExistError, WeightsFileError
 from indigo_core.io import read_inn_config, safe_load
 from indigo_core.io.safe_pickle import load_state_dict_file
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: these tensors are small, and on a shared 2-core machine extra OpenMP
-    threads only spin against other processes (measured: 5x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -146,11 +145,3 @@ def guided_ksampler(host, scene: Scene, measurement: torch.Tensor | None = None,
         start_from_measurement=start_from_measurement, colour_fix=colour_fix, **w)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster than
-    two threads spinning against other processes. Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -12,7 +12,6 @@ import torch
 
 import guidance_helpers as gh
 import models as M
-from guidance_helpers import one_torch_thread  # noqa: F401  (module fixture)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import guidance_helpers as gh
-from guidance_helpers import one_torch_thread  # noqa: F401  (module fixture)
 
 
 @pytest.fixture(scope="module")

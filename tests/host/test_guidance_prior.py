@@ -21,7 +21,6 @@ import pytest
 import torch
 
 import guidance_helpers as gh
-from guidance_helpers import one_torch_thread  # noqa: F401  (module fixture)
 
 SAMPLERS = ("euler", "euler_ancestral", "dpmpp_2m", "ddim", "uni_pc")
 SCHEDULERS = ("normal", "karras")

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import guidance_helpers as gh
-from guidance_helpers import one_torch_thread  # noqa: F401  (module fixture)
 
 TILE, OVERLAP = 16, 4  # latent pixels
 LATENT = 32  # 4x the tile area

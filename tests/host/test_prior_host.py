@@ -21,15 +21,6 @@ TINY_UNET = dict(model_channels=32, channel_mult=(1, 2), attention_depth=(1, 1),
                  num_heads=2, context_dim=32, context_tokens=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared, busy CPU two threads per process run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _prior(comfy_inprocess):
     return comfy_inprocess.module("indigo_core.prior.autoencoder"), comfy_inprocess.module("indigo_core.prior.unet")
 

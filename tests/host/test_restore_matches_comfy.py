@@ -8,19 +8,10 @@ This is what lets the defaults chosen with the CLI carry over to the demo workfl
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 STEPS, DENOISE, SEED = 4, 0.6, 7
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _files(comfy_inprocess):
