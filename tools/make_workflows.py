@@ -71,6 +71,10 @@ def prior_links(sampler: str, decoders=("dec",)) -> list:
 
 WORKFLOWS: dict[str, dict] = {}
 
+#: The restore CLI's defaults for the bundled models (indigo_core/restore/pipeline.py MODE_DEFAULTS).
+BUNDLED_LATENT = dict(steps=10, denoise=0.3, zeta=0.2, colour_fix="wavelet")
+BUNDLED_PIXEL = dict(steps=10, denoise=0.3, step_size=0.25, max_step=0.25, colour_fix="wavelet")
+
 WORKFLOWS["indigo_latent_inn_bundled_prior"] = {
     "title": "LatentINN restoration, bundled prior",
     "nodes": [
@@ -83,27 +87,29 @@ estimate is pulled towards the LatentINN's answer for the measurement (`zeta`).
    or change the latent's aspect to match).
 2. Run. The guided sampler plots its data-consistency residual per step.
 
-Starts from the encoded, upsampled measurement (`start_from_measurement`, `denoise` 0.7). The
-regulariser re-encodes the estimate in the first 30% of the steps (the paper's best).
-Nothing to download: the prior and the INNs come with the pack.
+Starts from the encoded, upsampled measurement (`start_from_measurement`). The settings are the
+ones measured best for the small bundled prior (10 steps, `denoise` 0.3, `zeta` 0.2, regulariser
+off, **Colour Fix** after decoding); with your own SD model start from the node defaults (the
+paper's: regulariser in the first 30% of the steps). Nothing to download.
 """),
         ["img", "LoadImage", [0, 0], {"image": MEASUREMENT}, {**IMAGE_NODE, "title": "Load Image (measurement)"}],
         *prior_nodes(),
         ["inn", "INDIGO_LoadINN", [0, 580], {"inn_name": LATENT_INN}, {"color": PURPLE}],
         ["est", "INDIGO_DegradationEstimate", [0, 690], {"estimator_name": ESTIMATOR}, {}],
-        ["reg", "INDIGO_Regulariser", [360, 420], {"schedule": "fraction", "start": 0.0, "end": 0.3}, {}],
+        ["reg", "INDIGO_Regulariser", [360, 420], {"schedule": "off", "start": 0.0, "end": 0.3}, {}],
         ["lat", "EmptyLatentImage", [360, 240], {"width": 512, "height": 512, "batch_size": 1}, {}],
-        ["sam", "INDIGO_GuidedKSampler", [720, 0], sampler_widgets(), {"color": GREEN}],
+        ["sam", "INDIGO_GuidedKSampler", [720, 0], sampler_widgets(**BUNDLED_LATENT), {"color": GREEN}],
         ["dec", "VAEDecode", [1080, 0], {}, {}],
-        ["save", "SaveImage", [1080, 120], {"filename_prefix": "indigo/latent_inn"}, {"size": [420, 460]}],
-        ["prev", "PreviewImage", [1080, 620], {}, {"title": "INN-inverse preview", "size": [420, 380]}],
+        ["fix", "INDIGO_ColourFix", [1080, 100], {"method": "wavelet"}, {}],
+        ["save", "SaveImage", [1080, 220], {"filename_prefix": "indigo/latent_inn"}, {"size": [420, 460]}],
+        ["prev", "PreviewImage", [1080, 720], {}, {"title": "INN-inverse preview", "size": [420, 380]}],
     ],
     "links": [
         ["img", "IMAGE", "sam", "measurement"], ["img", "IMAGE", "est", "image"],
         *prior_links("sam"), ["inn", "inn", "sam", "inn"], ["est", "degradation", "sam", "degradation"],
         ["reg", "regulariser", "sam", "regulariser"], ["lat", "LATENT", "sam", "latent_image"],
-        ["sam", "latent", "dec", "samples"], ["dec", "IMAGE", "save", "images"],
-        ["sam", "inn_preview", "prev", "images"],
+        ["sam", "latent", "dec", "samples"], ["dec", "IMAGE", "fix", "image"], ["img", "IMAGE", "fix", "measurement"],
+        ["fix", "image", "save", "images"], ["sam", "inn_preview", "prev", "images"],
     ],
 }
 
@@ -120,6 +126,8 @@ coarse part (compared with the measurement) and details, and corrected by a grad
   is flagged on the sampler before you queue.
 - `w_p` (LPIPS term) is 0 here: it needs the offline LPIPS weights (README, "Metrics"). Set it to 1
   once they are installed, as in the paper.
+- Settings measured best for the small bundled prior: 10 steps, `denoise` 0.3, small gradient steps
+  (0.25), regulariser off, **Colour Fix** after decoding.
 """),
         ["img", "LoadImage", [0, 0], {"image": MEASUREMENT}, {**IMAGE_NODE, "title": "Load Image (measurement, 128x128)"}],
         *prior_nodes(),
@@ -127,18 +135,20 @@ coarse part (compared with the measurement) and details, and corrected by a grad
         ["est", "INDIGO_DegradationEstimate", [0, 690], {"estimator_name": ESTIMATOR}, {}],
         ["lat", "EmptyLatentImage", [360, 0], {"width": 512, "height": 512, "batch_size": 1}, {}],
         ["ref", "INDIGO_INNRefine", [360, 180], {"schedule": "fraction", "start": 0.0, "end": 0.5, "lr": 5e-5}, {}],
-        ["reg", "INDIGO_Regulariser", [360, 600], {"schedule": "fraction", "start": 0.0, "end": 0.3}, {}],
-        ["sam", "INDIGO_GuidedKSampler", [720, 0], sampler_widgets(colour_fix="wavelet"), {"color": GREEN}],
+        ["reg", "INDIGO_Regulariser", [360, 600], {"schedule": "off", "start": 0.0, "end": 0.3}, {}],
+        ["sam", "INDIGO_GuidedKSampler", [720, 0], sampler_widgets(**BUNDLED_PIXEL), {"color": GREEN}],
         ["dec", "VAEDecode", [1080, 0], {}, {}],
-        ["save", "SaveImage", [1080, 120], {"filename_prefix": "indigo/pixel_inn"}, {"size": [420, 460]}],
-        ["prev", "PreviewImage", [1080, 620], {}, {"title": "INN-inverse preview", "size": [420, 380]}],
+        ["fix", "INDIGO_ColourFix", [1080, 100], {"method": "wavelet"}, {}],
+        ["save", "SaveImage", [1080, 220], {"filename_prefix": "indigo/pixel_inn"}, {"size": [420, 460]}],
+        ["prev", "PreviewImage", [1080, 720], {}, {"title": "INN-inverse preview", "size": [420, 380]}],
     ],
     "links": [
         ["img", "IMAGE", "sam", "measurement"], ["img", "IMAGE", "est", "image"],
         *prior_links("sam"), ["inn", "inn", "sam", "inn"], ["est", "degradation", "sam", "degradation"],
         ["ref", "refine", "sam", "refine"], ["reg", "regulariser", "sam", "regulariser"],
         ["lat", "LATENT", "sam", "latent_image"], ["sam", "latent", "dec", "samples"],
-        ["dec", "IMAGE", "save", "images"], ["sam", "inn_preview", "prev", "images"],
+        ["dec", "IMAGE", "fix", "image"], ["img", "IMAGE", "fix", "measurement"],
+        ["fix", "image", "save", "images"], ["sam", "inn_preview", "prev", "images"],
     ],
 }
 
