@@ -54,30 +54,44 @@ def load_workflow(steps: int | None = None) -> dict:
     return graph
 
 
-def sync_workflow_defaults() -> bool:
-    """Write the restore CLI's per-mode defaults (indigo_core.restore.pipeline.default_settings)
-    into the demo workflow's two samplers and regularisers; True if the file changed."""
-    sys.path.insert(0, str(REPO_ROOT))
+def restore_defaults(mode: str):
+    """indigo_core.restore.pipeline.default_settings(mode): the settings the demo graph must hold."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
     from indigo_core.restore.pipeline import default_settings
 
+    return default_settings(mode)
+
+
+def sampler_widgets(s) -> dict:
+    """A RestoreSettings as INDIGO Guided KSampler widget values (the restore CLI and the node
+    take the same settings); also used by tools/make_workflows.py."""
+    return dict(steps=s.steps, denoise=s.denoise, seed=s.seed, sampler_name=s.sampler, scheduler=s.scheduler,
+                zeta=s.zeta, w_dc=s.w_dc, w_p=s.w_p, step_size=s.step_size, max_step=s.max_step or 0.0,
+                colour_fix=s.colour_fix)
+
+
+def regulariser_widgets(s) -> dict:
+    """A RestoreSettings' regulariser as INDIGO Regulariser widget values."""
+    on = s.regulariser_end > 0
+    return {"schedule": "fraction" if on else "off", "start": 0.0, "end": s.regulariser_end if on else 0.3}
+
+
+def sync_workflow_defaults() -> bool:
+    """Write the restore CLI's per-mode defaults into the demo workflow's two samplers, their
+    Colour Fix nodes and their regularisers; True if the file changed."""
     graph = json.loads(WORKFLOW.read_text())
     before = json.dumps(graph, sort_keys=True)
     for node in graph.values():
         if node["class_type"] != "INDIGO_GuidedKSampler":
             continue
         title = node["_meta"]["title"]
-        s = default_settings({"LatentINN": "latent", "PixelINN": "pixel"}[title])
-        node["inputs"].update(steps=s.steps, denoise=s.denoise, seed=s.seed, sampler_name=s.sampler,
-                              scheduler=s.scheduler, zeta=s.zeta, w_dc=s.w_dc, w_p=s.w_p, step_size=s.step_size,
-                              max_step=s.max_step or 0.0, colour_fix=s.colour_fix)
+        s = restore_defaults({"LatentINN": "latent", "PixelINN": "pixel"}[title])
+        node["inputs"].update(sampler_widgets(s))
         for fix in graph.values():  # the Colour Fix after this sampler's VAE Decode
             if fix["class_type"] == "INDIGO_ColourFix" and fix["_meta"]["title"] == f"colour fix ({title})":
                 fix["inputs"]["method"] = s.colour_fix
-        reg = graph[node["inputs"]["regulariser"][0]]["inputs"]
-        if s.regulariser_end > 0:
-            reg.update(schedule="fraction", start=0.0, end=s.regulariser_end)
-        else:
-            reg.update(schedule="off")
+        graph[node["inputs"]["regulariser"][0]]["inputs"].update(regulariser_widgets(s))
     if json.dumps(graph, sort_keys=True) == before:
         return False
     WORKFLOW.write_text(json.dumps(graph, indent=2) + "\n")

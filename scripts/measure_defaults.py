@@ -7,7 +7,7 @@
 2. the evaluation CLI (`python -m indigo_core.eval`) degrades them with the x4 **medium** preset
    (seed 0) and runs the restore CLI (`python -m indigo_core.restore`) once per method, all with
    the bundled models and the CLI's default settings (the same seed):
-       bicubic, unguided (the prior alone, LatentINN's sampling settings), LatentINN, PixelINN,
+       bicubic, autoencoded-bicubic (D(E(up(y))): the autoencoder's own loss), unguided (the prior alone, LatentINN's sampling settings), LatentINN, PixelINN,
        unguided-pixel (the prior alone, PixelINN's sampling settings; only if they differ),
        LatentINN-inv0 / PixelINN-inv0 (the INN inverse with zero details);
 3. means over the split, differences and the acceptance checks -> <out>/acceptance.md (printed).
@@ -45,6 +45,7 @@ def methods() -> dict[str, str]:
     lat, pix = default_settings("latent"), default_settings("pixel")
     out = {
         "bicubic": restore_command("bicubic"),
+        "autoencoded-bicubic": restore_command("autoencoded"),
         "unguided": restore_command("unguided"),
         "LatentINN": restore_command("latent"),
         "PixelINN": restore_command("pixel"),

@@ -22,8 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "host"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import browser_helpers as bh  # noqa: E402
+import demo  # noqa: E402  (scripts/demo.py: the restore defaults as node widgets)
 import host_harness  # noqa: E402
 
 OUT = ROOT / "workflows"
@@ -71,9 +73,20 @@ def prior_links(sampler: str, decoders=("dec",)) -> list:
 
 WORKFLOWS: dict[str, dict] = {}
 
-#: The restore CLI's defaults for the bundled models (indigo_core/restore/pipeline.py MODE_DEFAULTS).
-BUNDLED_LATENT = dict(steps=10, denoise=0.3, zeta=0.2, colour_fix="wavelet")
-BUNDLED_PIXEL = dict(steps=10, denoise=0.3, step_size=0.25, max_step=0.25, colour_fix="wavelet")
+
+
+def bundled_widgets(mode: str) -> dict:
+    """The restore CLI's defaults for the bundled models as Guided KSampler widgets (scripts/demo.py
+    maps them for the demo graph too). w_p stays 0 in these graphs: the LPIPS term needs the offline
+    weights (see the pixel graph's note)."""
+    return {**demo.sampler_widgets(demo.restore_defaults(mode)), "w_p": 0.0}
+
+
+def bundled_regulariser(mode: str) -> dict:
+    return demo.regulariser_widgets(demo.restore_defaults(mode))
+
+
+BUNDLED_LATENT, BUNDLED_PIXEL = bundled_widgets("latent"), bundled_widgets("pixel")
 
 WORKFLOWS["indigo_latent_inn_bundled_prior"] = {
     "title": "LatentINN restoration, bundled prior",
@@ -96,7 +109,7 @@ paper's: regulariser in the first 30% of the steps). Nothing to download.
         *prior_nodes(),
         ["inn", "INDIGO_LoadINN", [0, 580], {"inn_name": LATENT_INN}, {"color": PURPLE}],
         ["est", "INDIGO_DegradationEstimate", [0, 690], {"estimator_name": ESTIMATOR}, {}],
-        ["reg", "INDIGO_Regulariser", [360, 420], {"schedule": "off", "start": 0.0, "end": 0.3}, {}],
+        ["reg", "INDIGO_Regulariser", [360, 420], bundled_regulariser("latent"), {}],
         ["lat", "EmptyLatentImage", [360, 240], {"width": 512, "height": 512, "batch_size": 1}, {}],
         ["sam", "INDIGO_GuidedKSampler", [720, 0], sampler_widgets(**BUNDLED_LATENT), {"color": GREEN}],
         ["dec", "VAEDecode", [1080, 0], {}, {}],
@@ -135,7 +148,7 @@ coarse part (compared with the measurement) and details, and corrected by a grad
         ["est", "INDIGO_DegradationEstimate", [0, 690], {"estimator_name": ESTIMATOR}, {}],
         ["lat", "EmptyLatentImage", [360, 0], {"width": 512, "height": 512, "batch_size": 1}, {}],
         ["ref", "INDIGO_INNRefine", [360, 180], {"schedule": "fraction", "start": 0.0, "end": 0.5, "lr": 5e-5}, {}],
-        ["reg", "INDIGO_Regulariser", [360, 600], {"schedule": "off", "start": 0.0, "end": 0.3}, {}],
+        ["reg", "INDIGO_Regulariser", [360, 600], bundled_regulariser("pixel"), {}],
         ["sam", "INDIGO_GuidedKSampler", [720, 0], sampler_widgets(**BUNDLED_PIXEL), {"color": GREEN}],
         ["dec", "VAEDecode", [1080, 0], {}, {}],
         ["fix", "INDIGO_ColourFix", [1080, 100], {"method": "wavelet"}, {}],

@@ -10,6 +10,7 @@ Guided modes (the paper's Algorithms 1 and 2 driven by this package's sampler):
 Baselines with the same models and seed, for measuring what the guidance adds:
     "unguided"   the same sampling without guidance (the prior alone, from the same start)
     "bicubic"    up(y)
+    "autoencoded"  D(E(up(y))): what the prior's autoencoder alone keeps of the bicubic image
     "latent-inn-zero" / "pixel-inn-zero"   the INN inverse with zero details:
                  D(g^-1(E(up(y)), 0)) / g^-1(y, 0)
 """
@@ -31,7 +32,7 @@ from ..prior.schedule import DiscreteSchedule
 from . import bundled
 from .sampler import SAMPLERS, SCHEDULERS, eps_denoiser, partial_sigmas, sample
 
-MODES = ("latent", "pixel", "unguided", "bicubic", "latent-inn-zero", "pixel-inn-zero")
+MODES = ("latent", "pixel", "unguided", "bicubic", "autoencoded", "latent-inn-zero", "pixel-inn-zero")
 #: The INN domain each mode needs (None: no INN).
 MODE_INN = {"latent": "latent", "pixel": "pixel", "latent-inn-zero": "latent", "pixel-inn-zero": "pixel"}
 #: Modes that run the diffusion prior.
@@ -250,6 +251,9 @@ def restore_image(y: Tensor, models: RestoreModels, settings: RestoreSettings,
     up = upsample_measurement(y_pad, (H, W))
     if s.mode == "bicubic":
         out = up
+    elif s.mode == "autoencoded":
+        with torch.no_grad():
+            out = models.autoencoder.decode(models.autoencoder.encode(up))
     elif s.mode in ("latent-inn-zero", "pixel-inn-zero"):
         out = _inn_zero(y_pad, up, models)
     else:

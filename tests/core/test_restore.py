@@ -131,6 +131,20 @@ def test_bicubic_mode_is_the_upsampled_measurement(tiny_models):
     assert torch.equal(x, upsample_measurement(y, (40, 56)))
 
 
+def test_autoencoded_mode_is_the_autoencoders_round_trip_of_bicubic(tiny_models):
+    from indigo_core.guidance import upsample_measurement
+
+    y = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(0))
+    models = load_models("autoencoded", prior_vae=str(tiny_models["vae"]))
+    assert models.unet is None and models.inn is None
+    x = restore_image(y, models, RestoreSettings(mode="autoencoded"))
+    ae = models.autoencoder
+    with torch.no_grad():
+        want = ae.decode(ae.encode(upsample_measurement(y, (32, 48)))).clamp(0, 1)
+    assert torch.equal(x, want)
+    assert not torch.equal(x, upsample_measurement(y, (32, 48)))
+
+
 @pytest.mark.parametrize("mode", ["latent", "pixel", "unguided", "latent-inn-zero", "pixel-inn-zero"])
 def test_every_mode_gives_the_scaled_size_in_range_and_is_deterministic(tiny_models, mode):
     m = tiny_models
