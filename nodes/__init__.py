@@ -27,6 +27,7 @@ NODE_SPECS: tuple[tuple[str, str], ...] = (
     ("apply_guidance", "ApplyGuidance"),
     ("tiled_sampler", "TiledSampler"),
     ("degradation_estimate", "DegradationEstimate"),
+    ("stage1_restore", "Stage1Restore"),
     ("inn_refine", "INNRefine"),
     ("regulariser", "Regulariser"),
     ("synthetic_degradation", "SyntheticDegradation"),

@@ -44,3 +44,52 @@ def list_with_bundled(fmt: str) -> list[str]:
 def find_with_bundled(name: str, fmt: str) -> Optional[str]:
     """Full path of a listed name: the model folders' file, else the bundled one, else None."""
     return find_model(name) or bundled_models(fmt).get(name)
+
+
+def require_with_bundled(name: str, fmt: str) -> str:
+    """find_with_bundled, or a WeightsFileError naming the folders searched."""
+    path = find_with_bundled(name, fmt)
+    if path is None:
+        from ..indigo_core.errors import WeightsFileError
+        from .host import MODEL_FOLDER, model_folders
+
+        raise WeightsFileError(name, f"not found in the '{MODEL_FOLDER}' model folders {model_folders()}")
+    return path
+
+
+class FileCache:
+    """The last few models loaded from files, keyed by (real path, mtime, size): a file changed on
+    disk is loaded again. ``get(path, load)`` returns the cached model or ``load(path)``'s."""
+
+    def __init__(self, size: int = 2) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.size = size
+        self._items: "OrderedDict[tuple, object]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str, load):
+        import os
+
+        from ..indigo_core.errors import WeightsFileError
+
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise WeightsFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
+        key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        model = load(path)
+        with self._lock:
+            self._items[key] = model
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

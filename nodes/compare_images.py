@@ -20,7 +20,7 @@ from .guidance_patch import bchw_to_image, image_to_bchw
 from .host import io, model_folders
 
 LPIPS_CHOICES = ("alex", "vgg", "off")
-MAX_IMAGES = 4
+MAX_IMAGES = 5
 CAPTION_HEIGHT = 28
 
 
@@ -67,7 +67,7 @@ class CompareImages(io.ComfyNode):
             node_id="INDIGO_CompareImages",
             display_name="Compare Images (PSNR / SSIM / LPIPS)",
             category=CATEGORY,
-            description=("Puts up to four images side by side with the reference (ground truth), each labelled "
+            description=("Puts up to five images side by side with the reference (ground truth), each labelled "
                          "with its PSNR, SSIM and LPIPS against the reference, and outputs the metrics as text. "
                          "Smaller images (a measurement) are upsampled bicubically first: the bicubic baseline."),
             inputs=[
@@ -96,14 +96,14 @@ class CompareImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, reference, image_1, labels: str, lpips: str, image_2=None, image_3=None,
-                image_4=None) -> io.NodeOutput:
+                image_4=None, image_5=None) -> io.NodeOutput:
         from ..indigo_core.degradations.resize import resize_to
         from ..indigo_core.metrics import psnr, ssim
 
         ref = image_to_bchw(reference, "reference")
         B, _, H, W = ref.shape
         names = [n.strip() for n in (labels or "").split(",")]
-        candidates = [image_1, image_2, image_3, image_4]
+        candidates = [image_1, image_2, image_3, image_4, image_5]
         metric, why = _lpips_metric(lpips)
         rows: list[dict[str, Any]] = []
         panels: list[torch.Tensor] = []

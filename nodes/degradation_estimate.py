@@ -8,8 +8,6 @@ KDSR checkpoint such as KDSRS-GANV2.pth (read through the core's restricted unpi
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 
 import torch
 
@@ -17,25 +15,14 @@ from ..indigo_core.errors import IndigoError, WeightsFileError
 from .common import CATEGORY
 from .guidance_inputs import DEGRADATION
 from .guidance_patch import image_to_bchw
-from .bundled import ESTIMATOR_FORMAT, find_with_bundled, list_with_bundled
-from .host import MODEL_FOLDER, io, model_folders
+from .bundled import ESTIMATOR_FORMAT, FileCache, list_with_bundled, require_with_bundled
+from .host import io
 
-_cache: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
-_lock = threading.Lock()
 CACHE_SIZE = 2
+_cache = FileCache(CACHE_SIZE)
 
 
-def load_estimator_file(path: str) -> torch.nn.Module:
-    """The estimator in ``path`` (cached per path, mtime and size), eval mode, normal tensors."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise WeightsFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+def _read_estimator(path: str) -> torch.nn.Module:
     from ..indigo_core.estimator import DegradationEstimator, load_estimator
 
     ext = os.path.splitext(path)[1].lower()
@@ -52,11 +39,12 @@ def load_estimator_file(path: str) -> torch.nn.Module:
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise WeightsFileError(path, f"cannot be loaded as a degradation estimator ({type(exc).__name__}: {exc})") from exc
         est.eval().requires_grad_(False)
-    with _lock:
-        _cache[key] = est
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
     return est
+
+
+def load_estimator_file(path: str) -> torch.nn.Module:
+    """The estimator in ``path`` (cached per path, mtime and size), eval mode, normal tensors."""
+    return _cache.get(path, _read_estimator)
 
 
 class DegradationEstimate(io.ComfyNode):
@@ -84,9 +72,7 @@ class DegradationEstimate(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, estimator_name) -> io.NodeOutput:
-        path = find_with_bundled(estimator_name, ESTIMATOR_FORMAT)
-        if path is None:
-            raise WeightsFileError(estimator_name, f"not found in the '{MODEL_FOLDER}' model folders {model_folders()}")
+        path = require_with_bundled(estimator_name, ESTIMATOR_FORMAT)
         y = image_to_bchw(image, "image")
         est = load_estimator_file(path)
         with torch.inference_mode(False), torch.no_grad():

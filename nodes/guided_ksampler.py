@@ -15,20 +15,24 @@ from ..indigo_core.guidance import upsample_measurement
 from .common import CATEGORY
 from .guidance_inputs import (guidance_core_inputs, guidance_inputs, model_latent_channels, prepare_spec,
                               residual_ui, sampler_inputs, split_widgets)
-from .guidance_patch import apply_guidance, bchw_to_image
+from .guidance_patch import apply_guidance, bchw_to_image, image_to_bchw
 from .host import io, ksample
 
 
-def start_latent(spec, latent: dict, device=None) -> dict:
-    """The LATENT to start from: E(up(y)) at the input latent's size (VAE space), batch-matched."""
+def start_latent(spec, latent: dict, device=None, start_image=None) -> dict:
+    """The LATENT to start from, at the input latent's size (VAE space), batch-matched: E(image)
+    for a start image (e.g. Stage-1 Restore's output, resized bicubic to the latent's pixel size),
+    else E(up(y)) of the measurement."""
     samples = latent["samples"]
     B, _, h, w = samples.shape
+    image = spec.measurement if start_image is None else image_to_bchw(start_image, "start_image")
+    if image.shape[0] not in (1, B):
+        raise ShapeError(f"start_image: expected 1 or {B} images (the latent's batch), got {image.shape[0]}")
     ae = spec.autoencoder(device, differentiable=False)
     d = ae.downscale
     with torch.inference_mode(False), torch.no_grad():
-        y = spec.measurement
-        y = upsample_measurement(y.to(torch.float32), (h * d, w * d))
-        z = ae.encode(y.to(device=getattr(ae, "device", y.device), dtype=ae.dtype or torch.float32)).float()
+        x = upsample_measurement(image.to(torch.float32), (h * d, w * d))
+        z = ae.encode(x.to(device=getattr(ae, "device", x.device), dtype=ae.dtype or torch.float32)).float()
     if z.shape[0] != B:
         z = z.expand(B, -1, -1, -1)
     out = dict(latent)
@@ -38,7 +42,7 @@ def start_latent(spec, latent: dict, device=None) -> dict:
 
 def run_guided(cls_hidden, model, positive, negative, latent_image, vae, inn, measurement, seed, steps, cfg,
                sampler_name, scheduler, denoise, start_from_measurement, vae_tile=None, tiled_model=None,
-               decode_output=False, **kwargs) -> tuple[dict, torch.Tensor, Any, dict]:
+               decode_output=False, start_image=None, **kwargs) -> tuple[dict, torch.Tensor, Any, dict]:
     """Shared by the Guided KSampler and Tiled INDIGO: validate, patch, sample, preview.
 
     Returns (LATENT, preview (B,3,H,W), decoded image (B,3,H,W) or None, run summary)."""
@@ -61,7 +65,8 @@ def run_guided(cls_hidden, model, positive, negative, latent_image, vae, inn, me
 
     spec.on_finish = on_finish
     guided = apply_guidance(tiled_model if tiled_model is not None else model, spec)
-    latent = start_latent(spec, latent_image) if start_from_measurement else latent_image
+    start = start_from_measurement or start_image is not None
+    latent = start_latent(spec, latent_image, start_image=start_image) if start else latent_image
     out = ksample(guided, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=denoise)
     if "preview" not in outputs:  # nothing sampled (e.g. denoise 0): preview of the input latent
         run = spec.new_run(out["samples"].shape)
@@ -85,7 +90,12 @@ class GuidedKSampler(io.ComfyNode):
                 io.Boolean.Input("start_from_measurement", default=False,
                                  tooltip="Start from the VAE encoding of the upsampled measurement instead of "
                                          "the latent's content (use with denoise < 1, e.g. 0.6)."),
-            ] + guidance_inputs(colour_fix=True),
+            ] + guidance_inputs(colour_fix=True) + [
+                io.Image.Input("start_image", optional=True,
+                               tooltip="Start from the VAE encoding of this image instead (e.g. Stage-1 Restore's "
+                                       "output), resized to the latent's size; overrides start_from_measurement. "
+                                       "The guidance still works against the measurement."),
+            ],
             outputs=[
                 io.Latent.Output("LATENT", display_name="latent", tooltip="The guided sample (decode with VAE Decode)."),
                 io.Image.Output("preview", display_name="inn_preview",
@@ -97,8 +107,8 @@ class GuidedKSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise,
-                vae, inn, measurement, start_from_measurement, **kwargs) -> io.NodeOutput:
+                vae, inn, measurement, start_from_measurement, start_image=None, **kwargs) -> io.NodeOutput:
         out, preview, _, summary = run_guided(
             cls.hidden, model, positive, negative, latent_image, vae, inn, measurement, seed, steps, cfg,
-            sampler_name, scheduler, denoise, start_from_measurement, **kwargs)
+            sampler_name, scheduler, denoise, start_from_measurement, start_image=start_image, **kwargs)
         return io.NodeOutput(out, bchw_to_image(preview), ui=residual_ui(summary))

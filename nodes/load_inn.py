@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
-from typing import Any
 
 import torch
 
 from ..indigo_core.errors import IndigoError, WeightsFileError
 from .common import CATEGORY, INN, inn_summary
-from .bundled import BUNDLED_DIR, INN_FORMAT, find_with_bundled, list_with_bundled
+from .bundled import BUNDLED_DIR, INN_FORMAT, FileCache, find_with_bundled, list_with_bundled
 from .host import MODEL_FOLDER, io, model_folders
 
 #: How many loaded INNs stay in memory (a few MB each for the paper's sizes).
 CACHE_SIZE = 4
 
-_cache: "OrderedDict[tuple[str, int, int], Any]" = OrderedDict()
-_cache_lock = threading.Lock()
-
-
-def _file_key(path: str) -> tuple[str, int, int]:
-    """(real path, mtime in ns, size): a replaced or rewritten file gets a new key."""
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    return real, st.st_mtime_ns, st.st_size
+_cache = FileCache(CACHE_SIZE)
 
 
 def _read_inn(path: str):
@@ -59,29 +48,20 @@ def load_cached_inn(path: str):
     Loaded outside inference mode so later nodes can copy it into autograd; returned in eval mode
     with ``requires_grad`` off. The cached object is shared: callers must not change it.
     """
-    try:
-        key = _file_key(path)
-    except OSError as exc:
-        raise WeightsFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    with torch.inference_mode(False):
-        inn = _read_inn(path)
-        inn.eval()
-        inn.requires_grad_(False)
-    with _cache_lock:
-        _cache[key] = inn
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return inn
+
+    def load(p: str):
+        with torch.inference_mode(False):
+            inn = _read_inn(p)
+            inn.eval()
+            inn.requires_grad_(False)
+        return inn
+
+    return _cache.get(path, load)
 
 
 def clear_cache() -> None:
     """Forget every cached INN (tests, or to free memory)."""
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()
 
 
 def find_model(inn_name: str):

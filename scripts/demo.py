@@ -7,8 +7,9 @@ server), queues workflows/api/indigo_demo_restore_compare.json on the photo (deg
 the x4 medium preset) and writes into --out:
 
     latent_inn.png   the LatentINN restoration      pixel_inn.png  the PixelINN restoration
-    degraded.png     the measurement y              comparison.png degraded input, bicubic, LatentINN,
-    metrics.md       the printed table                             PixelINN, ground truth (PSNR, LPIPS)
+    degraded.png     the measurement y              comparison.png degraded input, bicubic, stage-1
+    metrics.md       the printed table                             restorer, LatentINN, PixelINN,
+                                                                   ground truth (PSNR, LPIPS)
 
 Run it through scripts/demo.sh, which prepares the environment first (scripts/setup_env.sh).
 """
@@ -37,7 +38,7 @@ INPUT_NAME = "indigo_demo_photo.png"
 SAVED = {"latent_inn.png": "16", "pixel_inn.png": "17", "comparison.png": "18", "degraded.png": "20"}
 COMPARE_NODE = "15"
 REQUIRED_MODELS = ("models/indigo-latent-inn.safetensors", "models/indigo-pixel-inn-x4.safetensors",
-                   "models/indigo-estimator.safetensors", "models/prior/indigo-prior-unet.safetensors",
+                   "models/indigo-estimator.safetensors", "models/indigo-restorer-x4.safetensors", "models/prior/indigo-prior-unet.safetensors",
                    "models/prior/indigo-prior-vae.safetensors")
 
 
@@ -77,9 +78,15 @@ def regulariser_widgets(s) -> dict:
     return {"schedule": "fraction" if on else "off", "start": 0.0, "end": s.regulariser_end if on else 0.3}
 
 
+#: The demo graph's Stage-1 Restore node.
+STAGE1_NODE = "23"
+
+
 def sync_workflow_defaults() -> bool:
-    """Write the restore CLI's per-mode defaults into the demo workflow's two samplers, their
-    Colour Fix nodes and their regularisers; True if the file changed."""
+    """Write the restore CLI's per-mode defaults into the demo workflow: the two samplers, their
+    Colour Fix nodes and their regularisers, and the stage-1 image: with stage1 "restorer" the
+    samplers start from Stage-1 Restore's output (`start_image`) and the Colour Fix nodes refer to
+    it; with "bicubic" both use the measurement. True if the file changed."""
     graph = json.loads(WORKFLOW.read_text())
     before = json.dumps(graph, sort_keys=True)
     for node in graph.values():
@@ -88,9 +95,17 @@ def sync_workflow_defaults() -> bool:
         title = node["_meta"]["title"]
         s = restore_defaults({"LatentINN": "latent", "PixelINN": "pixel"}[title])
         node["inputs"].update(sampler_widgets(s))
+        node["inputs"]["start_from_measurement"] = True
+        reference = [STAGE1_NODE, 0] if s.stage1 == "restorer" else node["inputs"]["measurement"]
+        if s.stage1 == "restorer":
+            node["inputs"]["start_image"] = [STAGE1_NODE, 0]
+        else:
+            node["inputs"].pop("start_image", None)
         for fix in graph.values():  # the Colour Fix after this sampler's VAE Decode
             if fix["class_type"] == "INDIGO_ColourFix" and fix["_meta"]["title"] == f"colour fix ({title})":
                 fix["inputs"]["method"] = s.colour_fix
+                fix["inputs"]["levels"] = s.colour_levels
+                fix["inputs"]["measurement"] = reference
         graph[node["inputs"]["regulariser"][0]]["inputs"].update(regulariser_widgets(s))
     if json.dumps(graph, sort_keys=True) == before:
         return False

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/package_models.py inn runs/defaults/pixel/indigo-pixel-inn-x4.safetensors
     .venv/bin/python scripts/package_models.py estimator runs/defaults/est/indigo-estimator.safetensors
+    .venv/bin/python scripts/package_models.py restorer runs/restorer/r1/indigo-restorer-x4.safetensors
 
 Writes models/<same name>.safetensors (floating-point tensors in fp16; the file keeps its format,
 config and embedded model card) and models/<name>.card.json: the training CLI's card plus a
@@ -32,7 +33,7 @@ def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = ""
     from indigo_core.errors import WeightsExistError
     from indigo_core.io.weights import read_weights_file, write_weights_file
 
-    fmt = {"inn": "indigo-inn", "estimator": "indigo-estimator"}[kind]
+    fmt = {"inn": "indigo-inn", "estimator": "indigo-estimator", "restorer": "indigo-restorer"}[kind]
     dst = out_dir / src.name
     card_src = src.with_name(src.name.replace(".safetensors", ".card.json"))
     card_dst = out_dir / card_src.name
@@ -55,6 +56,14 @@ def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = ""
             inv = (b.inverse(cb, db, gamma) - x).abs().max().item()
         check = {"input": f"uniform random (1,{c},64,64), random gamma", "max_abs_forward_change": diff,
                  "fp16_file_inverse_max_abs_error": inv}
+    elif kind == "restorer":
+        from indigo_core.restorer import load_restorer
+
+        a, b = load_restorer(src), load_restorer(dst)
+        y = torch.rand(1, 3, 32, 32, generator=g)
+        with torch.no_grad():
+            diff = (a.restore(y) - b.restore(y)).abs().max().item()
+        check = {"input": "uniform random (1,3,32,32)", "max_abs_output_change": diff}
     else:
         from indigo_core.estimator import load_estimator
 
@@ -82,7 +91,7 @@ def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = ""
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("kind", choices=("inn", "estimator"))
+    ap.add_argument("kind", choices=("inn", "estimator", "restorer"))
     ap.add_argument("src", type=Path, help="the training run's exported .safetensors (card.json next to it)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "models")
     ap.add_argument("--overwrite", action="store_true")

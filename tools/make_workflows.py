@@ -36,6 +36,7 @@ PRIOR_VAE = "indigo-prior-vae.safetensors"
 LATENT_INN = "indigo-latent-inn.safetensors"
 PIXEL_INN = "indigo-pixel-inn-x4.safetensors"
 ESTIMATOR = "indigo-estimator.safetensors"
+RESTORER = "indigo-restorer-x4.safetensors"
 SD15_CKPT = "v1-5-pruned-emaonly.safetensors"
 MEASUREMENT = "indigo_measurement.png"  # a degraded, low-resolution photo (e.g. 128x128)
 CLEAN_PHOTO = "indigo_photo.png"  # a clean photo (e.g. 512x512) for synthetic tests
@@ -82,11 +83,31 @@ def bundled_widgets(mode: str) -> dict:
     return {**demo.sampler_widgets(demo.restore_defaults(mode)), "w_p": 0.0}
 
 
+def bundled_fix(mode: str) -> dict:
+    """The restore CLI's colour fix for `mode` as Colour Fix widgets."""
+    s = demo.restore_defaults(mode)
+    return {"method": s.colour_fix, "levels": s.colour_levels}
+
+
 def bundled_regulariser(mode: str) -> dict:
     return demo.regulariser_widgets(demo.restore_defaults(mode))
 
 
 BUNDLED_LATENT, BUNDLED_PIXEL = bundled_widgets("latent"), bundled_widgets("pixel")
+
+
+def stage1_graph(mode: str, pos) -> tuple[list, list]:
+    """(nodes, links) of the stage-1 image for the restore defaults of `mode`: Stage-1 Restore of
+    the measurement into the sampler's start_image and the Colour Fix reference, or (stage1
+    "bicubic") the measurement itself as the reference."""
+    if demo.restore_defaults(mode).stage1 != "restorer":
+        return [], [["img", "IMAGE", "fix", "measurement"]]
+    return ([["s1", "INDIGO_Stage1Restore", list(pos), {"restorer_name": RESTORER}, {"color": GREEN}]],
+            [["img", "IMAGE", "s1", "image"], ["s1", "image", "sam", "start_image"],
+             ["s1", "image", "fix", "measurement"]])
+
+
+S1_LATENT, S1_PIXEL = stage1_graph("latent", (360, 600)), stage1_graph("pixel", (360, 740))
 
 WORKFLOWS["indigo_latent_inn_bundled_prior"] = {
     "title": "LatentINN restoration, bundled prior",
@@ -100,10 +121,11 @@ estimate is pulled towards the LatentINN's answer for the measurement (`zeta`).
    or change the latent's aspect to match).
 2. Run. The guided sampler plots its data-consistency residual per step.
 
-Starts from the encoded, upsampled measurement (`start_from_measurement`). The settings are the
-ones measured best for the small bundled prior (10 steps, `denoise` 0.3, `zeta` 0.2, regulariser
-off, **Colour Fix** after decoding); with your own SD model start from the node defaults (the
-paper's: regulariser in the first 30% of the steps). Nothing to download.
+**Stage-1 Restore** first removes blur, noise and JPEG (DiffBIR's first stage): the sampler starts
+from its encoding (`start_image`) and **Colour Fix** takes its low frequencies, while the guidance
+works against the measurement itself. The settings are the ones measured best for the small bundled
+prior (10 steps, `denoise` 0.3, `zeta` 0.2, regulariser off); with your own SD model start from the
+node defaults (the paper's: regulariser in the first 30% of the steps). Nothing to download.
 """),
         ["img", "LoadImage", [0, 0], {"image": MEASUREMENT}, {**IMAGE_NODE, "title": "Load Image (measurement)"}],
         *prior_nodes(),
@@ -113,15 +135,16 @@ paper's: regulariser in the first 30% of the steps). Nothing to download.
         ["lat", "EmptyLatentImage", [360, 240], {"width": 512, "height": 512, "batch_size": 1}, {}],
         ["sam", "INDIGO_GuidedKSampler", [720, 0], sampler_widgets(**BUNDLED_LATENT), {"color": GREEN}],
         ["dec", "VAEDecode", [1080, 0], {}, {}],
-        ["fix", "INDIGO_ColourFix", [1080, 100], {"method": "wavelet"}, {}],
+        ["fix", "INDIGO_ColourFix", [1080, 100], bundled_fix("latent"), {}],
         ["save", "SaveImage", [1080, 220], {"filename_prefix": "indigo/latent_inn"}, {"size": [420, 460]}],
         ["prev", "PreviewImage", [1080, 720], {}, {"title": "INN-inverse preview", "size": [420, 380]}],
+        *S1_LATENT[0],
     ],
     "links": [
         ["img", "IMAGE", "sam", "measurement"], ["img", "IMAGE", "est", "image"],
         *prior_links("sam"), ["inn", "inn", "sam", "inn"], ["est", "degradation", "sam", "degradation"],
         ["reg", "regulariser", "sam", "regulariser"], ["lat", "LATENT", "sam", "latent_image"],
-        ["sam", "latent", "dec", "samples"], ["dec", "IMAGE", "fix", "image"], ["img", "IMAGE", "fix", "measurement"],
+        ["sam", "latent", "dec", "samples"], ["dec", "IMAGE", "fix", "image"], *S1_LATENT[1],
         ["fix", "image", "save", "images"], ["sam", "inn_preview", "prev", "images"],
     ],
 }
@@ -139,8 +162,9 @@ coarse part (compared with the measurement) and details, and corrected by a grad
   is flagged on the sampler before you queue.
 - `w_p` (LPIPS term) is 0 here: it needs the offline LPIPS weights (README, "Metrics"). Set it to 1
   once they are installed, as in the paper.
-- Settings measured best for the small bundled prior: 10 steps, `denoise` 0.3, small gradient steps
-  (0.25), regulariser off, **Colour Fix** after decoding.
+- **Stage-1 Restore** cleans the measurement first; the sampler starts from it (`start_image`) and
+  **Colour Fix** refers to it. Settings measured best for the small bundled prior: 10 steps,
+  `denoise` 0.3, small gradient steps (0.25), regulariser off.
 """),
         ["img", "LoadImage", [0, 0], {"image": MEASUREMENT}, {**IMAGE_NODE, "title": "Load Image (measurement, 128x128)"}],
         *prior_nodes(),
@@ -151,16 +175,17 @@ coarse part (compared with the measurement) and details, and corrected by a grad
         ["reg", "INDIGO_Regulariser", [360, 600], bundled_regulariser("pixel"), {}],
         ["sam", "INDIGO_GuidedKSampler", [720, 0], sampler_widgets(**BUNDLED_PIXEL), {"color": GREEN}],
         ["dec", "VAEDecode", [1080, 0], {}, {}],
-        ["fix", "INDIGO_ColourFix", [1080, 100], {"method": "wavelet"}, {}],
+        ["fix", "INDIGO_ColourFix", [1080, 100], bundled_fix("pixel"), {}],
         ["save", "SaveImage", [1080, 220], {"filename_prefix": "indigo/pixel_inn"}, {"size": [420, 460]}],
         ["prev", "PreviewImage", [1080, 720], {}, {"title": "INN-inverse preview", "size": [420, 380]}],
+        *S1_PIXEL[0],
     ],
     "links": [
         ["img", "IMAGE", "sam", "measurement"], ["img", "IMAGE", "est", "image"],
         *prior_links("sam"), ["inn", "inn", "sam", "inn"], ["est", "degradation", "sam", "degradation"],
         ["ref", "refine", "sam", "refine"], ["reg", "regulariser", "sam", "regulariser"],
         ["lat", "LATENT", "sam", "latent_image"], ["sam", "latent", "dec", "samples"],
-        ["dec", "IMAGE", "fix", "image"], ["img", "IMAGE", "fix", "measurement"],
+        ["dec", "IMAGE", "fix", "image"], *S1_PIXEL[1],
         ["fix", "image", "save", "images"], ["sam", "inn_preview", "prev", "images"],
     ],
 }

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError, WeightsFileError
 from ..io.safe_pickle import load_state_dict_file
-from ..io.weights import FORMAT_VERSION, load_state_strict, read_weights_file, write_weights_file
+from ..io.weights import format_metadata, load_state_strict, read_weights_file, write_weights_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 ESTIMATOR_FORMAT = "indigo-estimator"
@@ -192,12 +192,8 @@ def build_estimator(config: EstimatorConfig) -> DegradationEstimator:
 def save_estimator(est: DegradationEstimator, path: PathLike, overwrite: bool = False,
                    extra_metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Save as safetensors with {"format": "indigo-estimator", "format_version", "config"}."""
-    metadata = {"format": ESTIMATOR_FORMAT, "format_version": FORMAT_VERSION,
-                "config": json.dumps(est.config.to_dict(), sort_keys=True)}
-    for k, v in (extra_metadata or {}).items():
-        if k in metadata:
-            raise ValueError(f"save_estimator: extra_metadata may not set the reserved key {k!r}")
-        metadata[k] = v
+    metadata = format_metadata(ESTIMATOR_FORMAT, json.dumps(est.config.to_dict(), sort_keys=True), extra_metadata,
+                               "save_estimator")
     return write_weights_file(path, est.state_dict(), metadata, overwrite=overwrite)
 
 

@@ -70,12 +70,22 @@ def wavelet_colour_fix(result: Tensor, reference: Tensor, levels: int = 5) -> Te
     return (result - wavelet_low_pass(result, levels)) + wavelet_low_pass(reference, levels)
 
 
-def colour_fix(result: Tensor, reference: Tensor, kind: str) -> Tensor:
-    """Dispatch on kind: "none" (result unchanged), "wavelet" or "adain"; clamps to [0,1]."""
+#: Levels of the wavelet fix: 5 as StableSR and DiffBIR; fewer take more of the reference.
+DEFAULT_LEVELS = 5
+MAX_LEVELS = 8
+
+
+def colour_fix(result: Tensor, reference: Tensor, kind: str, levels: int = DEFAULT_LEVELS) -> Tensor:
+    """Dispatch on kind: "none" (result unchanged), "wavelet" (`levels` levels, 1..8) or "adain";
+    clamps to [0,1]."""
     if kind == "none":
         return result
     if kind == "wavelet":
-        return wavelet_colour_fix(result, reference).clamp(0.0, 1.0)
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"colour fix levels: expected an integer in 1..{MAX_LEVELS}, got {levels!r}")
+        return wavelet_colour_fix(result, reference, levels).clamp(0.0, 1.0)
     if kind == "adain":
         return adain_colour_fix(result, reference).clamp(0.0, 1.0)
     from ..errors import ConfigError

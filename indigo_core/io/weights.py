@@ -34,6 +34,16 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------- generic file helpers
+def format_metadata(fmt: str, config_json: str, extra: Optional[Mapping[str, str]], who: str) -> dict[str, str]:
+    """{"format", "format_version", "config"} plus `extra`, which may not set those keys."""
+    metadata = {"format": fmt, "format_version": FORMAT_VERSION, "config": config_json}
+    for k, v in (extra or {}).items():
+        if k in _RESERVED:
+            raise ValueError(f"{who}: extra_metadata may not set the reserved key {k!r}")
+        metadata[k] = v
+    return metadata
+
+
 def write_weights_file(
     path: PathLike,
     tensors: Mapping[str, Tensor],
@@ -160,11 +170,7 @@ def save_inn(
     """Save `inn` as safetensors with its config; refuses to replace a file unless overwrite=True."""
     if not isinstance(inn, WaveletINN):
         raise TypeError(f"save_inn: expected a WaveletINN, got {type(inn).__name__}")
-    metadata = {"format": INN_FORMAT, "format_version": FORMAT_VERSION, "config": inn.config.to_json()}
-    for k, v in (extra_metadata or {}).items():
-        if k in _RESERVED:
-            raise ValueError(f"save_inn: extra_metadata may not set the reserved key {k!r}")
-        metadata[k] = v
+    metadata = format_metadata(INN_FORMAT, inn.config.to_json(), extra_metadata, "save_inn")
     return write_weights_file(path, inn.state_dict(), metadata, overwrite=overwrite)
 
 

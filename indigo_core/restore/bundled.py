@@ -11,6 +11,7 @@ PRIOR_DIR = MODELS_DIR / "prior"
 PIXEL_INN = "indigo-pixel-inn-x4.safetensors"
 LATENT_INN = "indigo-latent-inn.safetensors"
 ESTIMATOR = "indigo-estimator.safetensors"
+RESTORER = "indigo-restorer-x4.safetensors"
 PRIOR_VAE = "indigo-prior-vae.safetensors"
 PRIOR_UNET = "indigo-prior-unet.safetensors"
 

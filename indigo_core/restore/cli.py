@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import ConfigError, DatasetError, IndigoError
-from .pipeline import MODES, RestoreSettings, default_settings, load_models, restore_image
+from .pipeline import MODES, STAGE1, RestoreSettings, default_settings, load_models, restore_image
 from .sampler import SAMPLERS, SCHEDULERS
 
 log = logging.getLogger("indigo_core.restore")
@@ -33,7 +33,8 @@ log = logging.getLogger("indigo_core.restore")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 #: Options that fill RestoreSettings fields (None: the mode's default).
 SETTING_OPTIONS = ("steps", "denoise", "seed", "sampler", "scheduler", "scale", "zeta", "latent_iterations",
-                   "step_size", "w_dc", "w_p", "max_step", "regulariser_end", "refine_lr", "colour_fix")
+                   "step_size", "w_dc", "w_p", "max_step", "regulariser_end", "refine_lr", "colour_fix", "colour_levels",
+                   "stage1")
 
 
 class OutputExistsError(IndigoError, FileExistsError):
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     p.add_argument("--mode", choices=MODES, default="latent",
                    help="latent: LatentINN guidance (Alg. 2); pixel: PixelINN guidance (Alg. 1); the others "
-                        "are baselines: unguided sampling, bicubic, the INN inverse with zero details")
+                        "are baselines: unguided sampling, bicubic, the stage-1 restorer alone, the autoencoder "
+                        "alone, the INN inverse with zero details")
     g = p.add_argument_group("models (default: the files bundled with the pack)")
     g.add_argument("--inn", help="INN file (.safetensors, the pack's format): a LatentINN for --mode latent, "
                                  "a PixelINN for --mode pixel")
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="degradation estimator file, 'bundled', or 'none' (INN without the embedding)")
     g.add_argument("--prior-vae", help="the prior's autoencoder (the pack's file or an SD VAE file)")
     g.add_argument("--prior-unet", help="the prior's UNet (the pack's format)")
+    g.add_argument("--restorer", default="bundled",
+                   help="stage-1 restorer file, 'bundled', or 'none' (then --stage1 bicubic)")
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=None, help="sampler steps run")
     g.add_argument("--denoise", type=float, default=None,
@@ -77,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-lr", type=float, default=None,
                    help="test-time INN refinement learning rate, first half of the steps (0: off)")
     g.add_argument("--colour-fix", choices=("none", "wavelet", "adain"), default=None,
-                   help="colour fix of the result against the upsampled input")
+                   help="colour fix of the result against the stage-1 image")
+    g.add_argument("--colour-levels", type=int, default=None,
+                   help="levels of the wavelet colour fix (1-8; fewer take more of the stage-1 image)")
+    g.add_argument("--stage1", choices=STAGE1, default=None,
+                   help="what the prior starts from and the colour fix refers to: the stage-1 restorer's "
+                        "R(y), or bicubic up(y)")
     g = p.add_argument_group("run")
     g.add_argument("--overwrite", action="store_true", help="replace existing output images")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available)")
@@ -161,6 +170,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
     estimator = None if args.estimator.lower() == "none" else args.estimator
+    restorer = None if args.restorer.lower() == "none" else args.restorer
     pairs = plan(args.input, args.out)
     if args.input.resolve() == args.out.resolve():
         raise ConfigError("--out: expected a folder other than the input folder")
@@ -174,7 +184,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
         device = _device(args.device, ctx.local_rank)
         mine = shard(pairs, ctx.rank, ctx.world_size)
         models = load_models(settings.mode, inn=args.inn, prior_vae=args.prior_vae, prior_unet=args.prior_unet,
-                             estimator=estimator, device=device)
+                             estimator=estimator, device=device, restorer=restorer)
         records = _restore_files(mine, models, settings, device, ctx.rank, progress=not args.no_progress)
         gathered = ctx.gather(records)
         summary = {"settings": settings, "files": models.files, "world_size": ctx.world_size}

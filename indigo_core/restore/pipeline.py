@@ -3,14 +3,18 @@
     models = load_models("latent")                       # the pack's bundled files
     x = restore_image(y, models, RestoreSettings())      # y (1,3,h,w) in [0,1] -> (1,3,4h,4w)
 
+Stage 1 (as in DiffBIR, the pipeline the paper's LatentINDIGO runs on): r = R(y), the stage-1
+restorer's clean estimate (settings.stage1 = "restorer"), or r = up(y), bicubic ("bicubic").
 Guided modes (the paper's Algorithms 1 and 2 driven by this package's sampler):
-    start: z_T = E(up(y)) * scale_factor + sigma_0 * noise, with the schedule cut at `denoise`
-    (SDEdit); every step: z0 = denoiser(z_t); z0 <- GuidanceRun.step(z0) (in the VAE's space);
-    sampler step from the guided z0; at the end x = D(z0), colour fix (optional), clamp.
+    start: z_T = E(r) * scale_factor + sigma_0 * noise, with the schedule cut at `denoise`
+    (SDEdit); every step: z0 = denoiser(z_t); z0 <- GuidanceRun.step(z0) (in the VAE's space,
+    against the measurement y itself); sampler step from the guided z0; at the end x = D(z0),
+    colour fix against r (optional), clamp.
 Baselines with the same models and seed, for measuring what the guidance adds:
-    "unguided"   the same sampling without guidance (the prior alone, from the same start)
+    "unguided"   the same sampling and colour fix without guidance (the prior alone, same start)
     "bicubic"    up(y)
-    "autoencoded"  D(E(up(y))): what the prior's autoencoder alone keeps of the bicubic image
+    "restorer"   R(y): the stage-1 restorer alone
+    "autoencoded"  D(E(r)): what the prior's autoencoder alone keeps of the stage-1 image
     "latent-inn-zero" / "pixel-inn-zero"   the INN inverse with zero details:
                  D(g^-1(E(up(y)), 0)) / g^-1(y, 0)
 """
@@ -28,15 +32,20 @@ from torch import Tensor
 
 from ..errors import ConfigError, DomainError, ShapeError
 from ..guidance import GuidanceRun, GuidanceSettings, RefineSettings, Schedule, upsample_measurement
+from ..guidance.colour import colour_fix
 from ..prior.schedule import DiscreteSchedule
 from . import bundled
 from .sampler import SAMPLERS, SCHEDULERS, eps_denoiser, partial_sigmas, sample
 
-MODES = ("latent", "pixel", "unguided", "bicubic", "autoencoded", "latent-inn-zero", "pixel-inn-zero")
+MODES = ("latent", "pixel", "unguided", "bicubic", "restorer", "autoencoded", "latent-inn-zero", "pixel-inn-zero")
+#: What the prior starts from and the colour fix takes its low frequencies from.
+STAGE1 = ("restorer", "bicubic")
 #: The INN domain each mode needs (None: no INN).
 MODE_INN = {"latent": "latent", "pixel": "pixel", "latent-inn-zero": "latent", "pixel-inn-zero": "pixel"}
 #: Modes that run the diffusion prior.
 SAMPLING_MODES = ("latent", "pixel", "unguided")
+#: Modes whose result depends on the stage-1 image.
+STAGE1_MODES = SAMPLING_MODES + ("restorer", "autoencoded")
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,11 @@ class RestoreSettings:
     zeta, latent_iterations: LatentINN update (Algorithm 2). step_size, w_dc, w_p, max_step:
     PixelINN gradient update (Algorithm 1; see indigo_core.guidance.settings). regulariser_end:
     fraction of the steps with the re-encoding regulariser E(D(z0)) (0: off). refine_lr: test-time
-    refinement of a private INN copy in the first half of the steps (0: off).
+    refinement of a private INN copy in the first half of the steps (0: off). colour_fix and
+    colour_levels: the fix of the decoded result against the stage-1 image ("wavelet" with
+    colour_levels levels, "adain" or "none"). stage1: the image the
+    prior starts from and the colour fix refers to: "restorer" (R(y), the stage-1 network) or
+    "bicubic" (up(y)).
     """
 
     mode: str = "latent"
@@ -67,10 +80,17 @@ class RestoreSettings:
     regulariser_end: float = 0.3
     refine_lr: float = 0.0
     colour_fix: str = "none"
+    colour_levels: int = 5
+    stage1: str = "bicubic"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"mode: expected one of {MODES}, got {self.mode!r}")
+        if self.stage1 not in STAGE1:
+            raise ConfigError(f"stage1: expected one of {STAGE1}, got {self.stage1!r}")
+        if isinstance(self.colour_levels, bool) or not isinstance(self.colour_levels, int) \
+                or not 1 <= self.colour_levels <= 8:
+            raise ConfigError(f"colour_levels: expected an integer in 1..8, got {self.colour_levels!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
         if self.scheduler not in SCHEDULERS:
@@ -128,11 +148,12 @@ class RestoreModels:
     scale_factor: float = 0.18215
     inn: Optional[torch.nn.Module] = None
     estimator: Optional[torch.nn.Module] = None
+    restorer: Optional[torch.nn.Module] = None
     files: dict = field(default_factory=dict)
     schedule: DiscreteSchedule = field(default_factory=DiscreteSchedule)
 
     def to(self, device) -> "RestoreModels":
-        for name in ("autoencoder", "unet", "inn", "estimator"):
+        for name in ("autoencoder", "unet", "inn", "estimator", "restorer"):
             m = getattr(self, name)
             if m is not None:
                 m.to(device)
@@ -152,21 +173,30 @@ def _existing(path, what: str) -> str:
 
 def load_models(mode: str, inn: Optional[str] = None, prior_vae: Optional[str] = None,
                 prior_unet: Optional[str] = None, estimator: Optional[str] = "bundled",
-                device="cpu") -> RestoreModels:
+                device="cpu", restorer: Optional[str] = "bundled") -> RestoreModels:
     """Load what `mode` needs; None / missing arguments mean the bundled files.
 
     estimator: a file, "bundled" (the pack's, when the INN was trained with one) or None (no
     degradation embedding). The estimator is only loaded for modes with an INN whose
     configuration has a degradation-conditioned channel scale.
+    restorer: the stage-1 restorer R for the modes that can start from it: a file, "bundled" (the
+    pack's, when present) or None (stage 1 then has to be "bicubic").
     """
     from ..estimator import load_estimator
     from ..io.weights import load_inn
     from ..prior.weights import load_autoencoder, load_unet, read_latent_format
+    from ..restorer import load_restorer
 
     if mode not in MODES:
         raise ConfigError(f"mode: expected one of {MODES}, got {mode!r}")
     m = RestoreModels()
-    if mode not in ("bicubic", "pixel-inn-zero"):
+    if restorer == "bundled":
+        path = bundled.bundled_path(bundled.RESTORER)
+        restorer = str(path) if path.is_file() else None
+    if restorer and mode in STAGE1_MODES:
+        m.restorer = load_restorer(_existing(restorer, "stage-1 restorer"))
+        m.files["restorer"] = str(restorer)
+    if mode not in ("bicubic", "restorer", "pixel-inn-zero"):
         vae_path = _existing(prior_vae or bundled.bundled_path(bundled.PRIOR_VAE), "prior autoencoder")
         m.autoencoder = load_autoencoder(vae_path)
         m.scale_factor = float(read_latent_format(vae_path).get("scale_factor", 0.18215))
@@ -251,14 +281,31 @@ def restore_image(y: Tensor, models: RestoreModels, settings: RestoreSettings,
     up = upsample_measurement(y_pad, (H, W))
     if s.mode == "bicubic":
         out = up
-    elif s.mode == "autoencoded":
-        with torch.no_grad():
-            out = models.autoencoder.decode(models.autoencoder.encode(up))
     elif s.mode in ("latent-inn-zero", "pixel-inn-zero"):
         out = _inn_zero(y_pad, up, models)
     else:
-        out = _sample(y_pad, up, models, s, callback)
+        r = _stage1(y_pad, up, models, s)
+        if s.mode == "restorer":
+            out = r
+        elif s.mode == "autoencoded":
+            with torch.no_grad():
+                out = models.autoencoder.decode(models.autoencoder.encode(r))
+        else:
+            out = _sample(y_pad, r, models, s, callback)
     return out[..., : h * s.scale, : w * s.scale].clamp(0.0, 1.0).to(device)
+
+
+@torch.no_grad()
+def _stage1(y: Tensor, up: Tensor, models: RestoreModels, s: RestoreSettings) -> Tensor:
+    """r: R(y) (stage1 "restorer", or mode "restorer") or up(y) (stage1 "bicubic")."""
+    if s.stage1 == "bicubic" and s.mode != "restorer":
+        return up
+    if models.restorer is None:
+        raise ConfigError(f"mode {s.mode!r} with stage1 'restorer' needs a stage-1 restorer file "
+                          "(load_models(..., restorer=...)), got none; or use stage1='bicubic'")
+    if models.restorer.scale != s.scale:
+        raise ConfigError(f"scale: the stage-1 restorer restores x{models.restorer.scale}, got scale {s.scale}")
+    return models.restorer.restore(y.float()).to(up.dtype)
 
 
 @torch.no_grad()
@@ -287,13 +334,14 @@ class _ClampedDecode:
         return self.ae.decode(z, clamp=True)
 
 
-def _sample(y: Tensor, up: Tensor, models: RestoreModels, s: RestoreSettings,
+def _sample(y: Tensor, r: Tensor, models: RestoreModels, s: RestoreSettings,
             callback: Optional[Callable[[int, int], None]]) -> Tensor:
+    """SDEdit from E(r), guided against y (guided modes), decoded; colour fix against r."""
     ae, unet, sf = models.autoencoder, models.unet, models.scale_factor
     if ae is None or unet is None:
         raise ConfigError(f"mode {s.mode!r}: needs the prior's autoencoder and UNet")
     with torch.no_grad():
-        start = ae.encode(up).float() * sf
+        start = ae.encode(r).float() * sf
     sigmas = partial_sigmas(models.schedule, s.steps, s.denoise, s.scheduler).to(start.device)
     gen = torch.Generator().manual_seed(int(s.seed))
     noise = torch.randn(start.shape, generator=gen, dtype=torch.float32).to(start.device)
@@ -320,4 +368,5 @@ def _sample(y: Tensor, up: Tensor, models: RestoreModels, s: RestoreSettings,
     z = sample(denoiser, x, sigmas, s.sampler, generator=gen, callback=callback)
     with torch.no_grad():
         image = ae.decode(z / sf).float().clamp(0.0, 1.0)
-    return run.finish(image) if run is not None else image
+    # The same colour fix for guided and unguided runs, so "unguided" measures the guidance alone.
+    return colour_fix(image, r, s.colour_fix, s.colour_levels)

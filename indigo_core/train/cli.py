@@ -1,4 +1,4 @@
-"""`python -m indigo_core.train {pixel-inn,latent-inn,estimator} ...`: argument parsing, presets,
+"""`python -m indigo_core.train {pixel-inn,latent-inn,estimator,restorer} ...`: argument parsing, presets,
 and the hand-off to the shared loop. See docs/TRAINING.md for the commands."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ log = logging.getLogger("indigo_core.train")
 
 # Loop settings a preset may set, with their values when neither the command nor a preset does.
 COMMON_DEFAULTS: dict[str, Any] = dict(crop=128, batch_size=8, lr=2e-4, steps=20000, val_every=1000)
-KINDS = ("pixel-inn", "latent-inn", "estimator")
+KINDS = ("pixel-inn", "latent-inn", "estimator", "restorer")
 
 
 def _task_module(kind: str):
-    from . import estimator, latent_inn, pixel_inn
+    from . import estimator, latent_inn, pixel_inn, restorer
 
-    return {"pixel-inn": pixel_inn, "latent-inn": latent_inn, "estimator": estimator}[kind]
+    return {"pixel-inn": pixel_inn, "latent-inn": latent_inn, "estimator": estimator, "restorer": restorer}[kind]
 
 
 def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
@@ -46,7 +46,7 @@ def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
 
     g = p.add_argument_group("degradations (y = JPEG_q((x * k) downsampled by s + n))")
     g.add_argument("--scale", type=int, default=None, help="s; must match the INN (default: the INN's)"
-                   if kind != "estimator" else "s (default 4)")
+                   if kind not in ("estimator", "restorer") else "s (default 4)")
     g.add_argument("--blur-sigma", type=float, nargs=2, default=list(R.blur_sigma), metavar=("LO", "HI"),
                    help=f"blur sigma range, pixels of x (default {R.blur_sigma[0]} {R.blur_sigma[1]})")
     g.add_argument("--noise", type=float, nargs=2, default=list(R.noise_level), metavar=("LO", "HI"),
@@ -104,12 +104,13 @@ def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m indigo_core.train",
-        description="Train LatentINDIGO's PixelINN, LatentINN or degradation estimator on a folder of "
+        description="Train LatentINDIGO's PixelINN, LatentINN, degradation estimator or stage-1 restorer on a folder of "
                     "images. The same command runs data-parallel under torchrun --nproc_per_node N.",
     )
-    sub = parser.add_subparsers(dest="kind", required=True, metavar="{pixel-inn,latent-inn,estimator}")
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="{pixel-inn,latent-inn,estimator,restorer}")
     helps = {"pixel-inn": "PixelINN (paper Eq. 11-13)", "latent-inn": "LatentINN for a VAE (Eq. 19-21)",
-             "estimator": "KDSR-style teacher, then the distilled student estimator F"}
+             "estimator": "KDSR-style teacher, then the distilled student estimator F",
+             "restorer": "stage-1 restoration module R (degradation removal before the prior)"}
     for kind in KINDS:
         p = sub.add_parser(kind, help=helps[kind], description=helps[kind],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -258,3 +258,57 @@ def test_torchrun_two_ranks_give_the_single_process_results(tiny_models, lq_fold
     assert "restored 3 image(s)" in proc.stderr and "on 2 process(es)" in proc.stderr
     for p in single.rglob("*.png"):
         assert np.array_equal(_png(p), _png(sharded / p.relative_to(single)))
+
+
+# ----------------------------------------------------------------------------- stage 1
+@pytest.fixture(scope="module")
+def restorer_file(tmp_path_factory):
+    from indigo_core.restorer import RestorerConfig, build_restorer, save_restorer
+
+    torch.manual_seed(5)
+    net = build_restorer(RestorerConfig(width=8, n_blocks=1))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return save_restorer(net, tmp_path_factory.mktemp("restorer") / "r.safetensors")
+
+
+def test_restorer_mode_is_r_of_y_and_the_prior_starts_from_it(tiny_models, restorer_file):
+    from indigo_core.guidance.colour import colour_fix
+    from indigo_core.restorer import load_restorer
+
+    m = tiny_models
+    y = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(6))
+    r = load_restorer(restorer_file).restore(y)
+    models = load_models("restorer", restorer=str(restorer_file))
+    assert models.autoencoder is None and models.unet is None
+    assert torch.equal(restore_image(y, models, RestoreSettings(mode="restorer")), r)
+
+    kw = dict(prior_vae=str(m["vae"]), prior_unet=str(m["unet"]), restorer=str(restorer_file))
+    ung = load_models("unguided", **kw)
+    ae = ung.autoencoder
+    with torch.no_grad():
+        want = ae.decode(ae.encode(r)).clamp(0, 1)
+    auto = restore_image(y, load_models("autoencoded", **kw), RestoreSettings(mode="autoencoded", stage1="restorer"))
+    assert torch.equal(auto, want)
+    s = dict(mode="unguided", steps=2)
+    from_r = restore_image(y, ung, RestoreSettings(stage1="restorer", **s))
+    from_bic = restore_image(y, ung, RestoreSettings(stage1="bicubic", **s))
+    assert not torch.allclose(from_r, from_bic, atol=1e-3)
+    # the colour fix applies to unguided runs too, against the stage-1 image
+    fixed = restore_image(y, ung, RestoreSettings(stage1="restorer", colour_fix="wavelet", **s))
+    assert torch.allclose(fixed, colour_fix(from_r, r, "wavelet"), atol=1e-6)
+    three = restore_image(y, ung, RestoreSettings(stage1="restorer", colour_fix="wavelet", colour_levels=3, **s))
+    assert torch.allclose(three, colour_fix(from_r, r, "wavelet", 3), atol=1e-6)
+    assert not torch.allclose(three, fixed, atol=1e-3)
+
+
+def test_stage1_restorer_without_a_file_is_refused(tiny_models):
+    m = tiny_models
+    models = load_models("unguided", prior_vae=str(m["vae"]), prior_unet=str(m["unet"]), restorer=None)
+    with pytest.raises(ConfigError, match="stage-1 restorer"):
+        restore_image(torch.rand(1, 3, 8, 8), models, RestoreSettings(mode="unguided", steps=1, stage1="restorer"))
+    with pytest.raises(ConfigError, match="stage1"):
+        RestoreSettings(stage1="sharpen")
+    with pytest.raises(ConfigError, match="colour_levels"):
+        RestoreSettings(colour_levels=0)

@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 INNS = {"indigo-latent-inn.safetensors": ("latent", 4), "indigo-pixel-inn-x4.safetensors": ("pixel", 3)}
 ESTIMATOR = "indigo-estimator.safetensors"
+RESTORER = "indigo-restorer-x4.safetensors"
 CARD_KEYS = ("command", "steps", "global_batch", "hardware", "duration_s", "metrics", "data", "bundled")
 
 
-@pytest.mark.parametrize("name", [*INNS, ESTIMATOR])
+@pytest.mark.parametrize("name", [*INNS, ESTIMATOR, RESTORER])
 def test_bundled_file_is_small_fp16_with_a_model_card(name):
     from safetensors.torch import load_file
 

@@ -50,3 +50,20 @@ def test_colour_fix_refuses_bad_inputs(comfy_inprocess) -> None:
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(errors.InputValueError, match="NaN"):
         comfy_inprocess.run_node("INDIGO_ColourFix", image=bad, measurement=y, method="adain")
+
+
+def test_colour_fix_levels_follow_the_core_and_are_checked(comfy_inprocess) -> None:
+    clean, y, cast = _scene()
+    core = comfy_inprocess.core
+    ref = core.guidance.upsample_measurement(y.movedim(-1, 1), (64, 48))
+    outs = {}
+    for levels in (2, 5):
+        (outs[levels],) = comfy_inprocess.run_node("INDIGO_ColourFix", image=cast, measurement=y, method="wavelet",
+                                                   levels=levels).outputs
+        want = core.guidance.colour.colour_fix(cast.movedim(-1, 1), ref, "wavelet", levels).movedim(1, -1)
+        assert torch.allclose(outs[levels], want, atol=1e-6)
+    assert not torch.allclose(outs[2], outs[5], atol=1e-3)
+    (default,) = comfy_inprocess.run_node("INDIGO_ColourFix", image=cast, measurement=y, method="wavelet").outputs
+    assert torch.equal(default, outs[5])
+    with pytest.raises(core.errors.ConfigError, match="levels"):
+        comfy_inprocess.run_node("INDIGO_ColourFix", image=cast, measurement=y, method="wavelet", levels=0)

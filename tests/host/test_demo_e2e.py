@@ -58,6 +58,7 @@ def test_demo_workflow_uses_the_bundled_models_and_the_restore_defaults():
     names = {node["class_type"]: node["inputs"] for node in graph.values()}
     assert names["INDIGO_LoadPrior"] == {"unet_name": bundled.PRIOR_UNET, "vae_name": bundled.PRIOR_VAE}
     assert names["INDIGO_DegradationEstimate"]["estimator_name"] == bundled.ESTIMATOR
+    assert names["INDIGO_Stage1Restore"]["restorer_name"] == bundled.RESTORER
     assert names["INDIGO_SyntheticDegradation"]["preset"] == "medium"
     samplers = _sampler_nodes(graph)
     for title, mode, inn_file in (("LatentINN", "latent", bundled.LATENT_INN), ("PixelINN", "pixel", bundled.PIXEL_INN)):
@@ -70,6 +71,13 @@ def test_demo_workflow_uses_the_bundled_models_and_the_restore_defaults():
         fixes = [n["inputs"] for n in graph.values()
                  if n["class_type"] == "INDIGO_ColourFix" and n["_meta"]["title"] == f"colour fix ({title})"]
         assert len(fixes) == 1 and fixes[0]["method"] == s.colour_fix, title
+        assert fixes[0]["levels"] == s.colour_levels, title
+        # the prior starts from, and the colour fix refers to, the stage-1 image the CLI uses
+        if s.stage1 == "restorer":
+            assert graph[node["start_image"][0]]["class_type"] == "INDIGO_Stage1Restore", title
+            assert graph[fixes[0]["measurement"][0]]["class_type"] == "INDIGO_Stage1Restore", title
+        else:
+            assert "start_image" not in node and fixes[0]["measurement"] == node["measurement"], title
         assert node["start_from_measurement"] is True and node["cfg"] == 1.0, title
         assert s.latent_iterations == 1 and s.refine_lr == 0.0, "the node has no such widget"
         reg = graph[node["regulariser"][0]]["inputs"]
@@ -105,7 +113,7 @@ def test_demo_restores_a_crop_through_comfyui(tmp_path):
     y = _image(out / "degraded.png")
     assert y.shape[-2:] == (CROP // 4, CROP // 4)
     with Image.open(out / "comparison.png") as im:
-        assert im.width == 5 * CROP and im.height > CROP  # five panels with their captions below
+        assert im.width == 6 * CROP and im.height > CROP  # six panels with their captions below
     lpips = load_lpips("alex")
     bicubic = upsample_measurement(y, (CROP, CROP))
     base_p, base_l = float(psnr(bicubic, gt)), float(lpips(bicubic, gt))
