@@ -26,7 +26,7 @@ from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, centre_crop, split  # noqa: E
 import torch  # noqa: E402
 
 SEARCH = {
-    "latent": {"denoise": [0.3, 0.5, 0.7], "zeta": [0.2, 0.5, 0.8, 1.0], "regulariser_end": [0.0, 0.3],
+    "latent": {"denoise": [0.3, 0.5, 0.7], "zeta": [0.0, 0.2, 0.5, 0.8, 1.0], "regulariser_end": [0.0, 0.3],
                "steps": [10, 20], "colour_fix": ["none", "wavelet", "adain"], "colour_levels": [3, 4, 5],
                "stage1": ["bicubic", "restorer"]},
     "pixel": {"denoise": [0.3, 0.5, 0.7], "step_size": [0.5, 1.0, 1.5], "w_p": [0.0, 1.0],

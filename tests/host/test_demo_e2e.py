@@ -2,10 +2,10 @@
 photo, with the bundled models; its files and printed table are checked against metrics recomputed
 here from the written images.
 
-The acceptance measurement over the validation split is scripts/measure_defaults.py. What the
-bundled small prior reaches there is in README ("Results with the bundled models"): better LPIPS
-than bicubic, PSNR still below it. This test pins that behaviour on one crop: the restorations
-must beat bicubic on LPIPS by MIN_LPIPS_GAIN and stay within MAX_PSNR_LOSS of it in PSNR.
+The acceptance measurement over the validation split is scripts/measure_defaults.py (README,
+"Results with the bundled models": both guided modes beat bicubic by at least 0.5 dB PSNR and 0.05
+LPIPS there). This test asserts the same on one crop with looser margins: each restoration beats
+bicubic by MIN_PSNR_GAIN in PSNR and by MIN_LPIPS_GAIN in LPIPS.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ DEMO = ROOT / "scripts" / "demo.py"
 WORKFLOW = ROOT / "workflows" / "api" / "indigo_demo_restore_compare.json"
 PHOTO = ROOT / "assets" / "photos" / "gcompris_chambord.png"
 CROP = 256
-MIN_LPIPS_GAIN = 0.02   # LPIPS below bicubic (measured on this crop: 0.046 LatentINN, 0.061 PixelINN)
-MAX_PSNR_LOSS = 1.0     # dB below bicubic at most (measured: 0.56 LatentINN, 0.48 PixelINN)
+MIN_LPIPS_GAIN = 0.06   # LPIPS below bicubic (measured on this crop: 0.142 LatentINN, 0.119 PixelINN)
+MIN_PSNR_GAIN = 0.15    # dB above bicubic (measured on this crop: 0.43 LatentINN, 0.33 PixelINN)
 
 
 def _image(path: Path) -> torch.Tensor:
@@ -114,6 +114,7 @@ def test_demo_restores_a_crop_through_comfyui(tmp_path):
     assert y.shape[-2:] == (CROP // 4, CROP // 4)
     with Image.open(out / "comparison.png") as im:
         assert im.width == 6 * CROP and im.height > CROP  # six panels with their captions below
+    assert "stage-1 restorer" in proc.stdout
     lpips = load_lpips("alex")
     bicubic = upsample_measurement(y, (CROP, CROP))
     base_p, base_l = float(psnr(bicubic, gt)), float(lpips(bicubic, gt))
@@ -126,6 +127,6 @@ def test_demo_restores_a_crop_through_comfyui(tmp_path):
         # the server's table (computed before 8-bit saving) agrees with the saved files
         assert abs(float(cells[1]) - p) < 0.1 and abs(float(cells[3]) - lp) < 0.01, (cells, p, lp)
         gain_p, gain_l = p - base_p, base_l - lp
-        assert gain_l >= MIN_LPIPS_GAIN and gain_p >= -MAX_PSNR_LOSS, \
+        assert gain_l >= MIN_LPIPS_GAIN and gain_p >= MIN_PSNR_GAIN, \
             f"{name}: PSNR {gain_p:+.2f} dB and LPIPS {-gain_l:+.4f} against bicubic"
 
