@@ -57,6 +57,15 @@ def require_with_bundled(name: str, fmt: str) -> str:
     return path
 
 
+def file_key(path: str) -> tuple[str, int, int]:
+    """(real path, mtime in ns, size): a replaced or rewritten file gets a new key (OSError if unreadable)."""
+    import os
+
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return real, st.st_mtime_ns, st.st_size
+
+
 class FileCache:
     """The last few models loaded from files, keyed by (real path, mtime, size): a file changed on
     disk is loaded again. ``get(path, load)`` returns the cached model or ``load(path)``'s."""
@@ -70,15 +79,12 @@ class FileCache:
         self._lock = threading.Lock()
 
     def get(self, path: str, load):
-        import os
-
         from ..indigo_core.errors import WeightsFileError
 
         try:
-            st = os.stat(path)
+            key = file_key(path)
         except OSError as exc:
             raise WeightsFileError(path, f"cannot be read ({exc.strerror or exc})") from exc
-        key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
 from ..indigo_core.errors import IndigoError, WeightsFileError
 from .common import CATEGORY, INN, inn_summary
-from .bundled import BUNDLED_DIR, INN_FORMAT, FileCache, find_with_bundled, list_with_bundled
+from .bundled import BUNDLED_DIR, INN_FORMAT, FileCache, file_key, find_with_bundled, list_with_bundled
 from .host import MODEL_FOLDER, io, model_folders
 
 #: How many loaded INNs stay in memory (a few MB each for the paper's sizes).
@@ -132,7 +133,7 @@ class LoadINN(io.ComfyNode):
         if path is None:
             return inn_name
         try:
-            return _file_key(path)
+            return file_key(path)
         except OSError:
             return inn_name
 
