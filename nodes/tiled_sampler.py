@@ -43,7 +43,12 @@ class TiledSampler(io.ComfyNode):
                              tooltip="VAE tile side in latent pixels (x8 image pixels) for every encode/decode."),
                 io.Int.Input("vae_tile_overlap", default=16, min=0, max=512, step=8,
                              tooltip="Overlap of VAE tiles in latent pixels."),
-            ] + guidance_inputs(colour_fix=True),
+            ] + guidance_inputs(colour_fix=True) + [
+                io.Image.Input("start_image", optional=True,
+                               tooltip="Start from the VAE encoding (tiled) of this image instead (e.g. Stage-1 "
+                                       "Restore's output), resized to the latent's size; overrides "
+                                       "start_from_measurement. The guidance still works against the measurement."),
+            ],
             outputs=[
                 io.Latent.Output("LATENT", display_name="latent", tooltip="The guided sample."),
                 io.Image.Output("IMAGE", display_name="image",

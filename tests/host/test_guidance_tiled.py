@@ -122,3 +122,26 @@ def test_controlnet_residuals_are_cut_to_the_tile(comfy_inprocess):
     assert cut["middle"] == [None]
     with pytest.raises(core.errors.ConfigError if hasattr(core, "errors") else Exception, match="multiples of 8"):
         tp._slice_control(control, tiling.TileRegion(3, 0, 16, 16), 32, 32)
+
+
+def test_start_image_sets_the_start_latent(comfy_inprocess, scene):
+    """With denoise 0 nothing is sampled: the output latent is the start, E(start_image) with the
+    tiled VAE, which differs from E(up(y)) (start_from_measurement) for a different image."""
+    host, s = comfy_inprocess, scene
+    image = torch.rand(1, LATENT * 8, LATENT * 8, 3, generator=torch.Generator().manual_seed(3))
+    w = dict(gh.DEFAULT_WIDGETS)
+    w.update(zeta=0.5)
+    common = dict(model=s.model, positive=s.positive, negative=s.negative, latent_image=s.latent(), seed=0,
+                  steps=4, cfg=1.0, sampler_name="euler", scheduler="normal", denoise=0.0, vae=s.vae, inn=s.inn,
+                  measurement=gh.to_image(s.y), tile_size=TILE, tile_overlap=OVERLAP, vae_tile_size=TILE,
+                  vae_tile_overlap=OVERLAP, colour_fix="none", **w)
+    from_image = host.run_node("INDIGO_TiledSampler", start_from_measurement=False, start_image=image, **common)
+    from_y = host.run_node("INDIGO_TiledSampler", start_from_measurement=True, **common)
+    a, b = from_image.outputs[0]["samples"], from_y.outputs[0]["samples"]
+    assert a.shape == b.shape == s.latent()["samples"].shape
+    assert not torch.allclose(a, b, atol=1e-3)
+    # decoding the start gives back (roughly) the start image: the latent is E(image), not E(up(y))
+    decoded = from_image.outputs[1]
+    err_image = float((decoded - image).abs().mean())
+    err_y = float((from_y.outputs[1] - image).abs().mean())
+    assert err_image < err_y, (err_image, err_y)
