@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DomainError, ShapeError
 from ..guidance import GuidanceRun, GuidanceSettings, RefineSettings, Schedule, upsample_measurement
-from ..guidance.colour import colour_fix
+from ..guidance.colour import DEFAULT_LEVELS, MAX_LEVELS, colour_fix
 from ..prior.schedule import DiscreteSchedule
 from . import bundled
 from .sampler import SAMPLERS, SCHEDULERS, eps_denoiser, partial_sigmas, sample
@@ -80,7 +80,7 @@ class RestoreSettings:
     regulariser_end: float = 0.3
     refine_lr: float = 0.0
     colour_fix: str = "none"
-    colour_levels: int = 5
+    colour_levels: int = DEFAULT_LEVELS
     stage1: str = "bicubic"
 
     def __post_init__(self) -> None:
@@ -89,8 +89,8 @@ class RestoreSettings:
         if self.stage1 not in STAGE1:
             raise ConfigError(f"stage1: expected one of {STAGE1}, got {self.stage1!r}")
         if isinstance(self.colour_levels, bool) or not isinstance(self.colour_levels, int) \
-                or not 1 <= self.colour_levels <= 8:
-            raise ConfigError(f"colour_levels: expected an integer in 1..8, got {self.colour_levels!r}")
+                or not 1 <= self.colour_levels <= MAX_LEVELS:
+            raise ConfigError(f"colour_levels: expected an integer in 1..{MAX_LEVELS}, got {self.colour_levels!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
         if self.scheduler not in SCHEDULERS:
