@@ -15,6 +15,7 @@
 # Time: the autoencoder loop gets AE_MINUTES, the UNet loop UNET_MINUTES, both capped so that the
 # whole script ends within TOTAL_MINUTES of its start (set-up, exports and sampling included).
 # Environment: PYTHON (python3), AE_MINUTES (3.75), UNET_MINUTES (3.5), TOTAL_MINUTES (9.3),
+# AE_VARIANTS (space-separated PRESET:LR autoencoders trained side by side; default small:5e-4),
 # AE_ARGS / UNET_ARGS (extra arguments, e.g. for a CPU check), WORK (scratch folder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -56,16 +57,43 @@ if ! "$py" -c "import indigo_core.prior.train" 2>"$work/import.err"; then
   say "using the package view $view"
 fi
 
-ae_dir="$work/ae"; unet_dir="$work/unet"
+unet_dir="$work/unet"
 # After the AE loop: its export, the UNet set-up (~0.4 min), the UNet loop and its export (~0.5 min).
 reserve=$("$py" -c "print(float('$unet_min') + 0.9)")
 ae_budget=$(min_of "$ae_min" "$(left_min "$reserve")")
-say "autoencoder: ${ae_budget} min"
-timeout $(( ${ae_budget%.*} * 60 + 240 )) "$py" $pyflags -m indigo_core.prior.train autoencoder \
-  --data "$data/train" --val-data "$data/val" --out "$ae_dir" --overwrite \
-  --max-minutes "$ae_budget" --val-minutes 0.5 --ckpt-minutes 100 --log-every 100 ${AE_ARGS:-}
-rc=$?
-[ $rc -eq 0 ] || { say "autoencoder training failed (rc=$rc)"; exit $rc; }
+# AE_VARIANTS: space-separated PRESET:LR pairs trained side by side on the one GPU (each gets the
+# whole time budget); the one with the best validation PSNR is exported and the UNet trains on it.
+variants=${AE_VARIANTS:-small:5e-4}
+say "autoencoder: ${ae_budget} min; variants: $variants"
+pids=(); dirs=()
+for v in $variants; do
+  preset=${v%%:*}; lr=${v#*:}
+  d="$work/ae_${preset}_${lr}"; dirs+=("$d"); mkdir -p "$d"
+  timeout $(( ${ae_budget%.*} * 60 + 240 )) "$py" $pyflags -m indigo_core.prior.train autoencoder \
+    --data "$data/train" --val-data "$data/val" --out "$d" --overwrite --preset "$preset" --lr "$lr" \
+    --max-minutes "$ae_budget" --val-minutes 0.5 --ckpt-minutes 100 --log-every 100 ${AE_ARGS:-} \
+    > "$d/train.log" 2>&1 &
+  pids+=($!)
+done
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"; r=$?
+  say "variant ${dirs[$i]}: rc=$r"; tail -2 "${dirs[$i]}/train.log"
+done
+ae_dir=$("$py" - "${dirs[@]}" <<'PY'
+import json, pathlib, sys
+best = None
+for d in sys.argv[1:]:
+    card = pathlib.Path(d) / "indigo-prior-vae.card.json"
+    if card.exists():
+        q = json.loads(card.read_text())["quality"]["val_psnr_db"]
+        print(d, q, file=sys.stderr)
+        if best is None or q > best[0]:
+            best = (q, d)
+print(best[1] if best else "")
+PY
+)
+[ -n "$ae_dir" ] || { say "no autoencoder variant finished"; exit 3; }
+say "chosen autoencoder: $ae_dir"
 cp "$ae_dir"/indigo-prior-vae.safetensors "$ae_dir"/indigo-prior-vae.card.json "$out"/
 
 unet_budget=$(min_of "$unet_min" "$(left_min 0.6)")
@@ -79,11 +107,15 @@ rc=$?
   || say "unet training failed (rc=$rc)"
 
 files=()
-for f in "$ae_dir"/autoencoder_log.csv "$ae_dir"/autoencoder_val_recon.png "$unet_dir"/unet_log.csv \
-         "$unet_dir"/unet_samples.png "$data"/split.json; do
+for d in "${dirs[@]}"; do
+  for f in "$d"/autoencoder_log.csv "$d"/autoencoder_val_recon.png "$d"/indigo-prior-vae.card.json "$d"/train.log; do
+    [ -f "$f" ] && files+=("$f")
+  done
+done
+for f in "$unet_dir"/unet_log.csv "$unet_dir"/unet_samples.png "$data"/split.json; do
   [ -f "$f" ] && files+=("$f")
 done
-tar -czf "$out/logs.tar.gz" --transform 's,.*/,,' "${files[@]}"
+tar -czf "$out/logs.tar.gz" "${files[@]}"
 "$py" - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])

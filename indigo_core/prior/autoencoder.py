@@ -97,6 +97,7 @@ class AutoencoderConfig:
 #: with widths 64, 64, 128, 128 instead of 128, 256, 512, 512 (5.6 M parameters). "tiny": tests.
 PRESETS = {
     "sd": AutoencoderConfig(),
+    "base": AutoencoderConfig(ch=96, ch_mult=(1, 1, 2, 2)),
     "small": AutoencoderConfig(ch=64, ch_mult=(1, 1, 2, 2)),
     "tiny": AutoencoderConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1),
 }

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --init: train only the decoder side (post_quant_conv and decoder). The encoder, "
                         "its quant_conv and so the latent space stay bit-identical to the --init file, so a "
                         "UNet or LatentINN trained on those latents stays valid")
+    p.add_argument("--channels-last", action="store_true",
+                   help="keep weights and batches in channels-last memory format (faster convolutions under "
+                        "bf16 autocast on recent GPUs; the exported file is the same either way)")
     p.add_argument("--stats-crops", type=int, default=256,
                    help="training crops encoded to measure the latent statistics (default 256)")
 
@@ -103,6 +106,8 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
             raise ConfigError(f"--init {args.init}: its architecture {init.cfg.to_dict()} is not preset {args.preset!r}")
         ae.load_state_dict(init.state_dict())
         log.info("initialised from %s", args.init)
+    if args.channels_last:
+        ae = ae.to(memory_format=torch.channels_last)
     if args.freeze_encoder and not args.init:
         raise ConfigError("--freeze-encoder needs --init: the exported autoencoder whose encoder is kept")
     encoder_side = [ae.encoder, ae.quant_conv]
@@ -138,6 +143,8 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         x = sampler(args.batch_size)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, args.amp):
             with torch.set_grad_enabled(not args.freeze_encoder):
                 mean, logvar = ae.moments(x * 2.0 - 1.0)
@@ -211,6 +218,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
                  "small_images": f"shorter sides below {args.crop} upscaled (bicubic) to {args.crop}"},
         "training": {"steps": step, "init": args.init, "init_sha256": sha256(Path(args.init)) if args.init else None,
                      "trained_parts": "decoder side only" if args.freeze_encoder else "all", "init_logvar": args.init_logvar, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
+                     "channels_last": args.channels_last,
                      "optimizer": "AdamW(0.9, 0.99), grad-norm clip 1, warm-up then cosine over the time budget",
                      "loss": f"L1 + {args.ssim_weight} (1 - SSIM) + {args.kl_weight} KL/(3HW); z sampled from the posterior",
                      "amp": "bf16" if (args.amp and device.type == "cuda") else "float32",
