@@ -10,8 +10,9 @@
        bicubic; stage-1 restorer (R(y) alone); autoencoded (D(E(r)), r the stage-1 image: the
        autoencoder's own loss); unguided-raw (the prior alone from E(r), no colour fix); unguided
        (the same run with the same colour fix as the guided modes: everything but the guidance);
-       LatentINN; PixelINN;
-       unguided-pixel (as unguided, PixelINN's sampling settings; only if they differ),
+       LatentINN; PixelINN; LatentINN-raw / PixelINN-raw (the guided runs without the colour fix);
+       unguided-pixel / unguided-pixel-raw (as unguided, PixelINN's sampling settings; only if
+       they differ),
        LatentINN-inv0 / PixelINN-inv0 (the INN inverse with zero details);
 3. means over the split, differences and the acceptance checks -> <out>/acceptance.md (printed).
 The evaluation's own outputs (results.csv, table.md, grid.png) are in <out>/eval/medium/.
@@ -56,10 +57,13 @@ def methods() -> dict[str, str]:
         "unguided": restore_command("unguided"),
         "LatentINN": restore_command("latent"),
         "PixelINN": restore_command("pixel"),
+        "LatentINN-raw": restore_command("latent", "--colour-fix none"),
+        "PixelINN-raw": restore_command("pixel", "--colour-fix none"),
     }
     if (pix.steps, pix.denoise, pix.sampler, pix.scheduler) != (lat.steps, lat.denoise, lat.sampler, lat.scheduler):
-        out["unguided-pixel"] = restore_command(
-            "unguided", f"--steps {pix.steps} --denoise {pix.denoise} --sampler {pix.sampler} --scheduler {pix.scheduler}")
+        sampling = f"--steps {pix.steps} --denoise {pix.denoise} --sampler {pix.sampler} --scheduler {pix.scheduler}"
+        out["unguided-pixel"] = restore_command("unguided", sampling)
+        out["unguided-pixel-raw"] = restore_command("unguided", f"{sampling} --colour-fix none")
     out["LatentINN-inv0"] = restore_command("latent-inn-zero")
     out["PixelINN-inv0"] = restore_command("pixel-inn-zero")
     return out
@@ -103,6 +107,13 @@ def acceptance(m: dict[str, dict[str, float]], n: int) -> str:
             du = g["psnr"] - m[base]["psnr"]
             lines.append(f"{guided} vs {base} ({what}): {du:+.2f} dB, LPIPS {g['lpips'] - m[base]['lpips']:+.4f} "
                          f"(target +{WIDE_MARGIN} dB) | {'PASS' if du >= WIDE_MARGIN else 'FAIL'}")
+        raw, base_raw = f"{guided}-raw", ("unguided-pixel-raw" if guided == "PixelINN" and "unguided-pixel-raw" in m
+                                          else "unguided-raw")
+        if raw in m and base_raw in m:
+            du = m[raw]["psnr"] - m[base_raw]["psnr"]
+            lines.append(f"{raw} vs {base_raw} (the INN guidance alone: neither colour-fixed): {du:+.2f} dB, LPIPS "
+                         f"{m[raw]['lpips'] - m[base_raw]['lpips']:+.4f} (target +{WIDE_MARGIN} dB) | "
+                         f"{'PASS' if du >= WIDE_MARGIN else 'FAIL'}")
         di = g["lpips"] - m[inv0]["lpips"]
         lines.append(f"{guided} vs {inv0} on LPIPS: {di:+.4f} (PSNR {g['psnr'] - m[inv0]['psnr']:+.2f} dB) | "
                      f"{'PASS' if di < 0 else 'FAIL'}")

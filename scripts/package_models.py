@@ -29,7 +29,8 @@ def _half(sd: dict) -> dict:
     return {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
 
 
-def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = "") -> Path:
+def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = "",
+            for_vae: Path | None = None) -> Path:
     from indigo_core.errors import WeightsExistError
     from indigo_core.io.weights import read_weights_file, write_weights_file
 
@@ -85,6 +86,9 @@ def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = ""
     }
     if note:
         card["bundled"]["note"] = note
+    if for_vae is not None:
+        card["bundled"]["for_autoencoder"] = {"file": for_vae.name,
+                                              "sha256": hashlib.sha256(for_vae.read_bytes()).hexdigest()}
     card_dst.write_text(json.dumps(card, indent=2, default=str) + "\n")
     return dst
 
@@ -96,8 +100,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "models")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--note", default="", help="a remark on the measured quality, kept in the card")
+    ap.add_argument("--for-vae", type=Path, default=None,
+                    help="a LatentINN's autoencoder file: its name and SHA-256 go into the card")
     args = ap.parse_args(argv)
-    dst = package(args.kind, args.src, args.out, args.overwrite, args.note)
+    if args.for_vae is not None and not args.for_vae.is_file():
+        ap.error(f"--for-vae {args.for_vae}: no such file")
+    dst = package(args.kind, args.src, args.out, args.overwrite, args.note, args.for_vae)
     print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB) and its card")
     return 0
 

@@ -96,6 +96,15 @@ def bundled_regulariser(mode: str) -> dict:
 BUNDLED_LATENT, BUNDLED_PIXEL = bundled_widgets("latent"), bundled_widgets("pixel")
 
 
+def settings_text(mode: str) -> str:
+    """The restore defaults of `mode` in words, for the notes (the graphs hold the same values)."""
+    s = demo.restore_defaults(mode)
+    guide = f"`zeta` {s.zeta:g}" if mode == "latent" else f"gradient steps of {s.step_size:g} (max {s.max_step:g})"
+    reg = (f"regulariser in the first {round(100 * s.regulariser_end)}% of the steps" if s.regulariser_end > 0
+           else "regulariser off")
+    return f"{s.steps} steps, `denoise` {s.denoise:g}, {guide}, {reg}, wavelet Colour Fix with {s.colour_levels} levels"
+
+
 def stage1_graph(mode: str, pos) -> tuple[list, list]:
     """(nodes, links) of the stage-1 image for the restore defaults of `mode`: Stage-1 Restore of
     the measurement into the sampler's start_image and the Colour Fix reference, or (stage1
@@ -124,8 +133,8 @@ estimate is pulled towards the LatentINN's answer for the measurement (`zeta`).
 **Stage-1 Restore** first removes blur, noise and JPEG (DiffBIR's first stage): the sampler starts
 from its encoding (`start_image`) and **Colour Fix** takes its low frequencies, while the guidance
 works against the measurement itself. The settings are the ones measured best for the small bundled
-prior (10 steps, `denoise` 0.3, `zeta` 0.2, regulariser off); with your own SD model start from the
-node defaults (the paper's: regulariser in the first 30% of the steps). Nothing to download.
+prior (""" + settings_text("latent") + """); with your own SD model start from the
+node defaults (the paper's). Nothing to download.
 """),
         ["img", "LoadImage", [0, 0], {"image": MEASUREMENT}, {**IMAGE_NODE, "title": "Load Image (measurement)"}],
         *prior_nodes(),
@@ -163,8 +172,8 @@ coarse part (compared with the measurement) and details, and corrected by a grad
 - `w_p` (LPIPS term) is 0 here: it needs the offline LPIPS weights (README, "Metrics"). Set it to 1
   once they are installed, as in the paper.
 - **Stage-1 Restore** cleans the measurement first; the sampler starts from it (`start_image`) and
-  **Colour Fix** refers to it. Settings measured best for the small bundled prior: 10 steps,
-  `denoise` 0.3, small gradient steps (0.25), regulariser off.
+  **Colour Fix** refers to it. Settings measured best for the small bundled prior:
+  """ + settings_text("pixel") + """.
 """),
         ["img", "LoadImage", [0, 0], {"image": MEASUREMENT}, {**IMAGE_NODE, "title": "Load Image (measurement, 128x128)"}],
         *prior_nodes(),

@@ -122,9 +122,9 @@ class RestoreSettings:
 #: Per-mode defaults of `default_settings` (sampling and guidance values chosen on training photos,
 #: see scripts/tune_guidance.py); every other field keeps the RestoreSettings default.
 MODE_DEFAULTS: dict[str, dict] = {
-    "latent": dict(steps=20, denoise=0.5, zeta=1.0, regulariser_end=0.3, colour_fix="wavelet", colour_levels=3,
+    "latent": dict(steps=20, denoise=0.3, zeta=0.8, regulariser_end=0.3, colour_fix="wavelet", colour_levels=3,
                    stage1="restorer"),
-    "pixel": dict(steps=10, denoise=0.7, step_size=0.25, max_step=0.25, regulariser_end=0.0, colour_fix="wavelet",
+    "pixel": dict(steps=10, denoise=0.3, step_size=0.25, max_step=0.25, regulariser_end=0.3, colour_fix="wavelet",
                   colour_levels=3, stage1="restorer"),
 }
 

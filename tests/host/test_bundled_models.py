@@ -35,6 +35,15 @@ def test_bundled_file_is_small_fp16_with_a_model_card(name):
     assert card["hardware"]["device"] and card["duration_s"] > 0
 
 
+def test_bundled_latent_inn_belongs_to_the_bundled_autoencoder():
+    import hashlib
+
+    card = json.loads((MODELS / "indigo-latent-inn.card.json").read_text())
+    vae = MODELS / "prior" / "indigo-prior-vae.safetensors"
+    assert card["bundled"]["for_autoencoder"]["sha256"] == hashlib.sha256(vae.read_bytes()).hexdigest(), (
+        "the bundled LatentINN was trained for another autoencoder than the bundled prior's")
+
+
 def test_load_inn_lists_the_bundled_inns_first_and_loads_them(comfy_inprocess):
     options = comfy_inprocess.object_info("INDIGO_LoadINN")["input"]["required"]["inn_name"][1]["options"]
     assert sorted(options[: len(INNS)]) == sorted(INNS), options
