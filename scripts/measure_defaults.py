@@ -8,7 +8,9 @@
    (seed 0) and runs the restore CLI (`python -m indigo_core.restore`) once per method, all with
    the bundled models and the CLI's default settings (the same seed):
        bicubic; stage-1 restorer (R(y) alone); autoencoded (D(E(r)), r the stage-1 image: the
-       autoencoder's own loss); unguided-raw (the prior alone from E(r), no colour fix); unguided
+       autoencoder's own loss); unguided-raw (the prior alone from E(r), no colour fix);
+       unguided-sdedit (the prior alone from E(up(y)): SDEdit from the upsampled measurement, no
+       stage 1, no colour fix); unguided
        (the same run with the same colour fix as the guided modes: everything but the guidance);
        LatentINN; PixelINN; LatentINN-raw / PixelINN-raw (the guided runs without the colour fix);
        unguided-pixel / unguided-pixel-raw (as unguided, PixelINN's sampling settings; only if
@@ -54,6 +56,7 @@ def methods() -> dict[str, str]:
         "stage-1 restorer": restore_command("restorer"),
         "autoencoded": restore_command("autoencoded"),
         "unguided-raw": restore_command("unguided", "--colour-fix none"),
+        "unguided-sdedit": restore_command("unguided", "--stage1 bicubic --colour-fix none"),
         "unguided": restore_command("unguided"),
         "LatentINN": restore_command("latent"),
         "PixelINN": restore_command("pixel"),
@@ -101,7 +104,8 @@ def acceptance(m: dict[str, dict[str, float]], n: int) -> str:
         lines.append(f"{guided} vs bicubic: {dp:+.2f} dB, LPIPS {dl:+.4f} (target +{TARGET_PSNR} dB and "
                      f"-{TARGET_LPIPS}) | {'PASS' if ok else 'FAIL'}")
         for base, what in ((unguided, "same prior, seed, steps and colour fix"),
-                           ("unguided-raw", "the prior alone, no colour fix")):
+                           ("unguided-raw", "the prior alone from the stage-1 image, no colour fix"),
+                           ("unguided-sdedit", "the prior alone from up(y): SDEdit, no INN, no colour fix")):
             if base not in m:
                 continue
             du = g["psnr"] - m[base]["psnr"]

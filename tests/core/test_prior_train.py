@@ -102,3 +102,41 @@ def test_crop_sampler_is_seeded_and_in_bounds() -> None:
     a, b = CropSampler(imgs, 32, seed=3)(8), CropSampler(imgs, 32, seed=3)(8)
     assert torch.equal(a, b) and a.shape == (8, 3, 32, 32) and a.dtype == torch.float32
     assert 0 <= a.min() and a.max() <= 1
+
+
+def test_gpu_train_script_keeps_the_best_autoencoder_variant(photos, tmp_path) -> None:
+    """tools/gpu_train.sh (the script that trained the bundled prior), shrunk to a CPU check: two
+    autoencoder variants side by side, the better one exported, the UNet trained on its latents."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    staged, out, work = tmp_path / "staged", tmp_path / "out", tmp_path / "work"
+    run(["stage", "--data", str(photos), "--out", str(staged), "--val-fraction", "0.2"])
+    cpu = "--device cpu --threads 1"
+    env = dict(os.environ, OUT=str(out), WORK=str(work), PYTHON=sys.executable, AE_MINUTES="0.5",
+               UNET_MINUTES="0.5", TOTAL_MINUTES="4", AE_VARIANTS="tiny:2e-3 tiny:1e-6",
+               AE_ARGS=f"{cpu} --crop 64 --val-size 64 --batch-size 2 --stats-crops 4 --max-steps 4 --warmup 1",
+               UNET_ARGS=f"{cpu} --preset tiny --latent-size 8 --batch-size 2 --scales 1 --no-mirror --samples 2 "
+                         "--sample-steps 2 --max-steps 2 --val-size 64")
+    proc = subprocess.run(["bash", str(root / "tools" / "gpu_train.sh"), str(staged)], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["indigo-prior-vae.safetensors", "indigo-prior-vae.card.json", "indigo-prior-unet.safetensors",
+         "indigo-prior-unet.card.json", "run.log", "logs.tar.gz"])
+    variants = {d.name: json.loads((d / "indigo-prior-vae.card.json").read_text())
+                for d in (work / "ae_tiny_2e-3", work / "ae_tiny_1e-6")}
+    assert {c["training"]["peak_lr"] for c in variants.values()} == {2e-3, 1e-6}
+    best = max(variants.values(), key=lambda c: c["quality"]["val_psnr_db"])
+    shipped = json.loads((out / "indigo-prior-vae.card.json").read_text())
+    assert shipped["sha256"] == best["sha256"] == hashlib.sha256((out / "indigo-prior-vae.safetensors").read_bytes()).hexdigest()
+    unet = json.loads((out / "indigo-prior-unet.card.json").read_text())
+    assert unet["autoencoder"]["sha256"] == best["sha256"]
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        names = tar.getnames()
+    assert sum(n.endswith("autoencoder_log.csv") for n in names) == 2 and any(n.endswith("unet_log.csv") for n in names)
