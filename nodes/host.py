@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
+
 import comfy.model_management as model_management
 import comfy.patcher_extension
 import comfy.samplers
@@ -50,6 +52,7 @@ __all__ = [
     "frontend_connected",
     "sd1_eps_model",
     "sd_vae",
+    "wrapped_vae",
 ]
 
 log = logging.getLogger("comfyui_indigo")
@@ -229,6 +232,44 @@ def sd_vae(state_dict: dict, vae_config: dict):
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing or unexpected:  # comfy.sd.VAE loads non-strictly and only logs these
         raise ValueError(f"VAE tensors do not fit the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return vae
+
+
+class _FirstStage(torch.nn.Module):
+    """ComfyUI's first-stage interface (``encode``/``decode`` in [-1,1]) over a core autoencoder."""
+
+    def __init__(self, ae: torch.nn.Module):
+        super().__init__()
+        self.ae = ae
+
+    def encode(self, x):
+        return self.ae.moments(x)[0]
+
+    def decode(self, z):
+        return self.ae.decode_raw(z)
+
+
+def wrapped_vae(ae: torch.nn.Module):
+    """A ``comfy.sd.VAE`` around a core autoencoder for which ComfyUI has no class of its own
+    (the plain autoencoder). ComfyUI builds its VAE from a one-level stub AutoencoderKL (so every
+    attribute is set as ComfyUI sets it); the stub is then replaced by ``ae`` and a new patcher,
+    so VAE Encode / Decode, tiling and memory management run ``ae``."""
+    import comfy.model_patcher
+    import comfy.sd
+
+    from ..indigo_core.prior.autoencoder import AutoencoderConfig, AutoencoderKL
+
+    stub = AutoencoderKL(AutoencoderConfig(ch=32, ch_mult=(1,), num_res_blocks=1))
+    vae = comfy.sd.VAE(sd=stub.state_dict(), config=stub.cfg.to_comfy_config())
+    if (vae.downscale_ratio, vae.upscale_ratio, vae.latent_channels) != (ae.downscale, ae.downscale, ae.latent_channels):
+        raise ValueError(f"ComfyUI's VAE expects x{vae.downscale_ratio} and {vae.latent_channels} latent channels; "
+                         f"this autoencoder has x{ae.downscale} and {ae.latent_channels}")
+    first = _FirstStage(ae).eval().to(vae.vae_dtype)
+    vae.first_stage_model = first
+    vae.patcher = comfy.model_patcher.ModelPatcher(first, load_device=vae.device,
+                                                   offload_device=model_management.vae_offload_device())
+    vae.size = None
+    vae.model_size()
     return vae
 
 

@@ -1,9 +1,10 @@
 """Load INDIGO Prior: the pack's small latent-diffusion prior -> MODEL, VAE, CONDITIONING.
 
 The files are the core's (`indigo_core.prior`): a UNet in ComfyUI's openaimodel names plus its
-learned "empty prompt" context, and an SD-architecture autoencoder in ldm names. ComfyUI's own
-classes are built from them (through ``host``): an SD1.x ``BaseModel`` (epsilon, SD's schedule and
-latent format) and a ``comfy.sd.VAE``. So KSampler, every sampler and scheduler, VAE Encode/Decode
+learned "empty prompt" context, and an autoencoder with SD's latent geometry: SD's KL architecture
+in ldm names, or the core's plain autoencoder. ComfyUI's own classes are built from them (through
+``host``): an SD1.x ``BaseModel`` (epsilon, SD's schedule and latent format) and a ``comfy.sd.VAE``
+(for the plain autoencoder, a ``comfy.sd.VAE`` that runs the core's module). So KSampler, every sampler and scheduler, VAE Encode/Decode
 and the pack's guidance nodes treat the prior exactly like an SD1.5 checkpoint.
 
 Files: ``models/indigo/prior/*.safetensors`` (listed as ``prior/<name>``) and the files bundled with
@@ -22,7 +23,7 @@ import torch
 
 from ..indigo_core.errors import IndigoError, WeightsFileError
 from .common import CATEGORY
-from .host import find_model, io, list_models, model_folders, sd1_eps_model, sd_vae
+from .host import find_model, io, list_models, model_folders, sd1_eps_model, sd_vae, wrapped_vae
 
 log = logging.getLogger("comfyui_indigo")
 
@@ -95,7 +96,8 @@ def load_prior(unet_path: str, vae_path: str):
                         os.path.basename(unet_path), paired, os.path.basename(vae_path))
         try:
             model = sd1_eps_model(cfg.to_comfy_unet_config(), unet_sd, latent_format)
-            vae = sd_vae(ae.state_dict(), ae.cfg.to_comfy_config())
+            vae = (sd_vae(ae.state_dict(), ae.cfg.to_comfy_config()) if hasattr(ae.cfg, "to_comfy_config")
+                   else wrapped_vae(ae))
         except (RuntimeError, ValueError) as exc:
             raise WeightsFileError(unet_path, f"ComfyUI could not build the prior from these files ({exc})") from exc
     conditioning = [[null_context.float().clone(), {}]]
@@ -113,7 +115,7 @@ class LoadPrior(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Loads the pack's small latent-diffusion prior (an SD1-layout epsilon UNet and an "
-                "SD-architecture autoencoder trained on photos) as a MODEL, a VAE and the empty-prompt "
+                "autoencoder with SD's latent geometry, trained on photos) as a MODEL, a VAE and the empty-prompt "
                 "CONDITIONING. It samples and decodes like an SD1.5 checkpoint, with no download."
             ),
             inputs=[

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError
+from .base import AutoencoderBase, config_from_dict
 
 # SD1.x's latent scale: model-space latent = VAE latent * 0.18215. The bundled autoencoder is
 # normalised after training (normalise_latents) so that this same factor gives unit variance.
@@ -78,11 +79,7 @@ class AutoencoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AutoencoderConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"AutoencoderConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def to_comfy_config(self) -> dict:
         """The `config` that `comfy.sd.VAE(sd=..., config=...)` takes for this architecture."""
@@ -260,7 +257,7 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(AutoencoderBase):
     """SD's KL autoencoder, implementing the core's `Autoencoder` protocol.
 
     `encode(x)`: (B,3,H,W) in [0,1] -> posterior mean (B,4,H/8,W/8) in the VAE's own latent space
@@ -283,21 +280,6 @@ class AutoencoderKL(nn.Module):
     def latent_channels(self) -> int:
         return self.cfg.embed_dim
 
-    @property
-    def downscale(self) -> int:
-        return self.cfg.downscale
-
-    @property
-    def scale_factor(self) -> float:
-        return self.cfg.scale_factor
-
-    def _check_image(self, x: Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
-            raise ShapeError(f"autoencoder input: expected (B,{self.cfg.in_channels},H,W), got {tuple(x.shape)}")
-        d = self.downscale
-        if x.shape[-2] % d or x.shape[-1] % d:
-            raise ShapeError(f"autoencoder input: expected H and W multiples of {d}, got {tuple(x.shape[-2:])}")
-
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B,3,H,W) in [-1,1] -> (mean, logvar) of the diagonal Gaussian posterior."""
         m = self.quant_conv(self.encoder(x))
@@ -309,20 +291,6 @@ class AutoencoderKL(nn.Module):
     def decode_raw(self, z: Tensor) -> Tensor:
         """(B,4,h,w) VAE latent -> (B,3,8h,8w) in about [-1,1]."""
         return self.decoder(self.post_quant_conv(z))
-
-    def encode(self, x: Tensor) -> Tensor:
-        self._check_image(x)
-        return self.moments(x * 2.0 - 1.0)[0]
-
-    def decode(self, z: Tensor, clamp: bool = False) -> Tensor:
-        if z.ndim != 4 or z.shape[1] != self.latent_channels:
-            raise ShapeError(f"autoencoder latent: expected (B,{self.latent_channels},h,w), got {tuple(z.shape)}")
-        x = (self.decode_raw(z) + 1.0) * 0.5
-        return x.clamp(0.0, 1.0) if clamp else x
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Reconstruction of (B,3,H,W) in [0,1] through the posterior mean."""
-        return self.decode(self.encode(x))
 
     # -- latent normalisation -------------------------------------------------------------------
     @torch.no_grad()

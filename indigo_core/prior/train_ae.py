@@ -1,7 +1,10 @@
 """Training of the prior's autoencoder (`python -m indigo_core.prior.train autoencoder`).
 
+Two families (`--preset`): SD's AutoencoderKL at several widths, and the plain autoencoder
+(`plain_autoencoder`, presets lean / lean-tiny), which has a deterministic latent and no KL term.
+
 Loss per batch of random crops x in [0,1], with z sampled from the posterior:
-    |D(z) - x|_1 + w_ssim (1 - SSIM(D(z), x)) + w_kl KL(q(z|x) || N(0,I)) / (3 H W)
+    |D(z) - x|_1 + w_mse |D(z) - x|^2 + w_ssim (1 - SSIM(D(z), x)) + w_kl KL(q(z|x) || N(0,I)) / (3 H W)
 (the KL is summed over latent elements and divided by the image's element count, so `w_kl`
 plays the role of SD's 1e-6 on a summed reconstruction loss). No adversarial or perceptual term:
 the goal is a faithful reconstruction (PSNR) for restoration, not sharper hallucination.
@@ -15,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Union
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError
 from ..metrics import psnr, ssim
-from .autoencoder import PRESETS, AutoencoderConfig, AutoencoderKL, count_parameters, latent_rgb_factors
+from .autoencoder import PRESETS as KL_PRESETS
+from .autoencoder import AutoencoderKL, count_parameters, latent_rgb_factors
+from .plain_autoencoder import PRESETS as PLAIN_PRESETS
+from .plain_autoencoder import PlainAutoencoder
 from .data import CropSampler, center_crop, load_images, save_grid, to_float, write_json
 from .trainutil import (Budget, CsvLog, autocast, check_out_dir, command_line, hardware, load_checkpoint,
                         log, now_utc, pick_device, save_checkpoint, setup_torch, sha256)
@@ -29,17 +36,24 @@ from .weights import load_autoencoder, save_autoencoder
 
 VAE_FILE = "indigo-prior-vae.safetensors"
 VAE_CARD = "indigo-prior-vae.card.json"
+Autoencoder = Union[AutoencoderKL, PlainAutoencoder]
 LOG_FILE = "autoencoder_log.csv"
+PRESETS = {**KL_PRESETS, **PLAIN_PRESETS}
 CKPT_FILE = "autoencoder_ckpt.pt"
 RECON_FILE = "autoencoder_val_recon.png"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="architecture (default small)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small",
+                   help="architecture (default small): sd, base, small, tiny are SD's AutoencoderKL at several "
+                        "widths (ComfyUI builds them itself); lean, lean-tiny the plain autoencoder (no norms, "
+                        "a few times cheaper per pixel to train; the pack's loader wraps it for ComfyUI)")
     p.add_argument("--crop", type=int, default=256, help="training crop size (default 256)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, default 5e-4)")
     p.add_argument("--ssim-weight", type=float, default=0.2)
+    p.add_argument("--mse-weight", type=float, default=0.0,
+                   help="weight of a squared-error term added to the L1 (default 0); PSNR is a squared error")
     p.add_argument("--kl-weight", type=float, default=1e-6)
     p.add_argument("--init-logvar", type=float, default=-8.0,
                    help="initial posterior log-variance (default -8: std 0.018). At 0, as in a default "
@@ -58,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @torch.no_grad()
-def evaluate(ae: AutoencoderKL, crops: torch.Tensor, batch: int = 8) -> dict:
+def evaluate(ae: Autoencoder, crops: torch.Tensor, batch: int = 8) -> dict:
     """PSNR / SSIM of clamped reconstructions of (N,3,S,S) crops in [0,1], float32."""
     ae.eval()
     recs = []
@@ -72,7 +86,7 @@ def evaluate(ae: AutoencoderKL, crops: torch.Tensor, batch: int = 8) -> dict:
 
 
 @torch.no_grad()
-def latent_stats(ae: AutoencoderKL, sampler: CropSampler, n: int, batch: int = 16) -> tuple[list, list]:
+def latent_stats(ae: Autoencoder, sampler: CropSampler, n: int, batch: int = 16) -> tuple[list, list]:
     """Per-channel mean and std of posterior means over `n` random training crops."""
     ae.eval()
     zs = []
@@ -95,11 +109,13 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     sampler = CropSampler(images, args.crop, seed=args.seed)
     log.info("autoencoder: %d training and %d validation photos on %s", len(images), len(val_images), device)
 
-    cfg: AutoencoderConfig = PRESETS[args.preset]
-    ae = AutoencoderKL(cfg).to(device)
-    with torch.no_grad():
-        ae.quant_conv.weight[cfg.embed_dim:].zero_()
-        ae.quant_conv.bias[cfg.embed_dim:].fill_(args.init_logvar)
+    cfg = PRESETS[args.preset]
+    variational = args.preset in KL_PRESETS
+    ae = (AutoencoderKL(cfg) if variational else PlainAutoencoder(cfg)).to(device)
+    if variational:
+        with torch.no_grad():
+            ae.quant_conv.weight[cfg.embed_dim:].zero_()
+            ae.quant_conv.bias[cfg.embed_dim:].fill_(args.init_logvar)
     if args.init:
         init = load_autoencoder(args.init, map_location=device)
         if init.cfg != cfg:
@@ -110,7 +126,7 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         ae = ae.to(memory_format=torch.channels_last)
     if args.freeze_encoder and not args.init:
         raise ConfigError("--freeze-encoder needs --init: the exported autoencoder whose encoder is kept")
-    encoder_side = [ae.encoder, ae.quant_conv]
+    encoder_side = [ae.encoder, ae.quant_conv] if variational else [ae.encoder]
     if args.freeze_encoder:
         for m in encoder_side:
             m.requires_grad_(False)
@@ -148,14 +164,16 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         with autocast(device, args.amp):
             with torch.set_grad_enabled(not args.freeze_encoder):
                 mean, logvar = ae.moments(x * 2.0 - 1.0)
-            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if variational else mean
             y = ae.decode_raw(z)
         rec = (y.float() + 1.0) * 0.5
         l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean() if args.mse_weight > 0 else rec.new_zeros(())
         ssim_loss = (1.0 - ssim(rec, x, differentiable=True).mean()) if args.ssim_weight > 0 else rec.new_zeros(())
         mean, logvar = mean.float(), logvar.float()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / hw
-        loss = l1 + args.ssim_weight * ssim_loss + args.kl_weight * kl
+        kl = (0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / hw
+              if variational else mean.new_zeros(()))
+        loss = l1 + args.mse_weight * mse + args.ssim_weight * ssim_loss + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -203,10 +221,15 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     card = {
         "name": "indigo-prior-vae",
         "file": VAE_FILE, "sha256": sha256(out_file), "file_bytes": out_file.stat().st_size, "dtype": "float16",
-        "format": "indigo-prior-autoencoder v1 (safetensors, ldm/ComfyUI AutoencoderKL key names)",
-        "architecture": {"family": "Stable Diffusion AutoencoderKL (KL-f8, 4 latent channels)", "preset": args.preset,
-                         "config": cfg.to_dict(), "parameters": n_params,
-                         "comfy_vae_config": cfg.to_comfy_config()},
+        "format": ("indigo-prior-autoencoder v1 (safetensors, ldm/ComfyUI AutoencoderKL key names)" if variational
+                   else "indigo-prior-autoencoder v1 (safetensors, plain autoencoder; config family 'plain')"),
+        "architecture": ({"family": "Stable Diffusion AutoencoderKL (KL-f8, 4 latent channels)", "preset": args.preset,
+                          "config": cfg.to_dict(), "parameters": n_params, "comfy_vae_config": cfg.to_comfy_config()}
+                         if variational else
+                         {"family": "plain convolutional autoencoder (f8, 4 latent channels, deterministic latent; "
+                                    "indigo_core.prior.plain_autoencoder)", "preset": args.preset,
+                          "config": cfg.to_dict(), "parameters": n_params,
+                          "comfyui": "wrapped as a comfy.sd.VAE by the pack's Load INDIGO Prior node"}),
         "latent_format": {"scale_factor": cfg.scale_factor, "normalised": True,
                           "encoder": ("frozen: identical to the --init file's" if args.freeze_encoder else "trained"),
                           "raw_mean_before": [round(v, 4) for v in mean_c], "raw_std_before": [round(v, 4) for v in std_c],
@@ -217,10 +240,13 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
                  "augmentation": f"random {args.crop}x{args.crop} crops (area-weighted image choice), horizontal flips",
                  "small_images": f"shorter sides below {args.crop} upscaled (bicubic) to {args.crop}"},
         "training": {"steps": step, "init": args.init, "init_sha256": sha256(Path(args.init)) if args.init else None,
-                     "trained_parts": "decoder side only" if args.freeze_encoder else "all", "init_logvar": args.init_logvar, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
+                     "trained_parts": "decoder side only" if args.freeze_encoder else "all",
+                     "init_logvar": args.init_logvar if variational else None, "batch_size": args.batch_size, "crop": args.crop, "peak_lr": args.lr,
                      "channels_last": args.channels_last,
                      "optimizer": "AdamW(0.9, 0.99), grad-norm clip 1, warm-up then cosine over the time budget",
-                     "loss": f"L1 + {args.ssim_weight} (1 - SSIM) + {args.kl_weight} KL/(3HW); z sampled from the posterior",
+                     "loss": (f"L1 + {args.mse_weight} MSE + {args.ssim_weight} (1 - SSIM)"
+                              + (f" + {args.kl_weight} KL/(3HW); z sampled from the posterior" if variational
+                                 else "; deterministic latent")),
                      "amp": "bf16" if (args.amp and device.type == "cuda") else "float32",
                      "duration_s": round(train_seconds, 1), "max_minutes": args.max_minutes, "seed": args.seed,
                      "command": command_line(), "hardware": hardware(device), "finished": now_utc()},

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
+from .base import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"UNetConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def to_comfy_unet_config(self) -> dict:
         """ComfyUI's `unet_config` (as model_detection would produce, plus num_heads) for this net."""

@@ -22,6 +22,8 @@ from torch import Tensor
 from ..errors import ConfigError, WeightsFileError
 from ..io.weights import check_state_dict, read_header, read_weights_file, write_weights_file
 from .autoencoder import AutoencoderConfig, AutoencoderKL
+from .plain_autoencoder import FAMILY as PLAIN_FAMILY
+from .plain_autoencoder import PlainAutoencoder, PlainAutoencoderConfig
 from .convert import diffusers_to_ldm, infer_config, is_diffusers_layout, strip_prefixes
 from .schedule import DiscreteSchedule
 from .unet import EpsUNet, UNetConfig
@@ -61,7 +63,7 @@ def _json(path: PathLike, metadata: Mapping[str, str], key: str) -> dict:
 
 
 # ------------------------------------------------------------------------------ autoencoder
-def save_autoencoder(ae: AutoencoderKL, path: PathLike, extra_metadata: Optional[Mapping] = None,
+def save_autoencoder(ae: Union[AutoencoderKL, PlainAutoencoder], path: PathLike, extra_metadata: Optional[Mapping] = None,
                      dtype: Optional[torch.dtype] = torch.float16, overwrite: bool = False,
                      latent_format: Optional[dict] = None) -> Path:
     """Write `ae` (ldm names, `dtype` floats; None keeps them) with its config and latent format."""
@@ -97,18 +99,21 @@ def read_foreign_vae_state_dict(path: PathLike) -> dict:
 
 
 def load_autoencoder(path: PathLike, map_location: Union[str, torch.device, None] = "cpu",
-                     dtype: Optional[torch.dtype] = torch.float32) -> AutoencoderKL:
+                     dtype: Optional[torch.dtype] = torch.float32) -> Union[AutoencoderKL, PlainAutoencoder]:
     """Load the pack's autoencoder file or an SD VAE file, in eval mode with gradients off.
 
-    The pack's files carry their config; others get one inferred from tensor shapes (SD's own VAE
-    comes out as `AutoencoderConfig()`, scale factor 0.18215). Missing, surplus or mis-shaped
-    tensors raise WeightsFileError naming the file.
+    The pack's files carry their config (an `AutoencoderKL`'s, or a `PlainAutoencoder`'s with
+    "family": "plain"); others get one inferred from tensor shapes (SD's own VAE comes out as
+    `AutoencoderConfig()`, scale factor 0.18215). Missing, surplus or mis-shaped tensors raise
+    WeightsFileError naming the file.
     """
     path = Path(path)
     if path.suffix == ".safetensors" and read_header(path)[1].get("format") == AE_FORMAT:
         tensors, metadata = read_weights_file(path, AE_FORMAT)
+        config = _json(path, metadata, "config")
         try:
-            cfg = AutoencoderConfig.from_dict(_json(path, metadata, "config"))
+            cfg = (PlainAutoencoderConfig.from_dict(config) if config.get("family") == PLAIN_FAMILY
+                   else AutoencoderConfig.from_dict(config))
         except (ConfigError, TypeError) as exc:
             raise WeightsFileError(path, f"invalid config in the metadata ({exc})") from exc
     else:
@@ -117,7 +122,7 @@ def load_autoencoder(path: PathLike, map_location: Union[str, torch.device, None
             cfg = infer_config(tensors)
         except (ConfigError, IndexError) as exc:
             raise WeightsFileError(path, f"not an SD-architecture VAE ({exc})") from exc
-    ae = AutoencoderKL(cfg)
+    ae = PlainAutoencoder(cfg) if isinstance(cfg, PlainAutoencoderConfig) else AutoencoderKL(cfg)
     check_state_dict(path, ae, tensors)
     ae.load_state_dict(tensors, strict=True)
     ae.to(device=map_location, dtype=dtype).eval().requires_grad_(False)

@@ -5,7 +5,10 @@
 - The core's EpsUNet and ComfyUI's openaimodel UNetModel (built by the pack's host helper through
   supported_models.SD15 + BaseModel EPS) give the same noise prediction; ComfyUI's model detection
   reads the same unet_config from the state dict; the schedules are equal.
-- The loader node gives a MODEL / VAE / CONDITIONING that KSampler and VAE Decode accept.
+- The core's plain autoencoder, which ComfyUI has no class for, wrapped as a comfy.sd.VAE, encodes
+  and decodes as the core does, through VAE Encode / Decode and tiled decoding.
+- The loader node gives a MODEL / VAE / CONDITIONING that KSampler and VAE Decode accept, with
+  either kind of autoencoder file.
 """
 
 from __future__ import annotations
@@ -36,11 +39,15 @@ def _unet(comfy_inprocess, seed: int = 0):
     _, unet_mod = _prior(comfy_inprocess)
     torch.manual_seed(seed)
     with torch.inference_mode(False):
-        unet = unet_mod.EpsUNet(unet_mod.UNetConfig(**TINY_UNET)).eval()
-        with torch.no_grad():  # some layers start small; make every one matter
-            for p in unet.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    return unet
+        return _perturbed(unet_mod.EpsUNet(unet_mod.UNetConfig(**TINY_UNET)).eval())
+
+
+def _perturbed(module):
+    """Some layers start at or near zero; make every one matter."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return module
 
 
 # ----------------------------------------------------------------------------- autoencoder
@@ -137,11 +144,44 @@ def test_unet_matches_comfy_unet(comfy_inprocess) -> None:
 # ----------------------------------------------------------------------------- loader node
 
 
-def _write_prior(comfy_inprocess, stem: str):
+def _plain_ae(comfy_inprocess, seed: int = 0):
+    mod = comfy_inprocess.module("indigo_core.prior.plain_autoencoder")
+    torch.manual_seed(seed)
+    with torch.inference_mode(False):
+        return _perturbed(mod.PlainAutoencoder(mod.PlainAutoencoderConfig(widths=(8, 16, 16, 32), blocks=(1, 1, 0, 1))).eval())
+
+
+def test_plain_autoencoder_wrapped_as_comfy_vae(comfy_inprocess) -> None:
+    host = comfy_inprocess.module("nodes.host")
+    ae = _plain_ae(comfy_inprocess)
+    vae = host.wrapped_vae(ae)
+    assert vae.latent_channels == 4 and vae.spacial_compression_encode() == 8
+    x = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z_ours = ae.encode(x)
+        torch.testing.assert_close(vae.encode(x.movedim(1, -1)).float(), z_ours, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(vae.decode(z_ours).float(), ae.decode(z_ours, clamp=True).movedim(1, -1),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(vae.first_stage_model.decode(z_ours), ae.decode_raw(z_ours), atol=1e-4, rtol=1e-4)
+        # ComfyUI's tiled decoding (its fallback for large images) runs the same module
+        tiled = vae.decode_tiled(z_ours, tile_x=4, tile_y=4, overlap=1)
+        assert tiled.shape == (2, 64, 48, 3) and torch.isfinite(tiled).all()
+        assert (tiled.float() - ae.decode(z_ours, clamp=True).movedim(1, -1)).abs().mean() < 0.1
+    assert vae.model_size() == sum(p.numel() * p.element_size() for p in ae.parameters())
+    # the guidance's differentiable path reads the wrapped module
+    pg = comfy_inprocess.module("nodes.guidance_patch")
+    wrapped = pg.ComfyVAEAutoencoder(vae, device="cpu", differentiable=True)
+    zg = z_ours.clone().requires_grad_(True)
+    wrapped.decode(zg).sum().backward()
+    assert zg.grad is not None and zg.grad.abs().sum() > 0
+
+
+def _write_prior(comfy_inprocess, stem: str, plain: bool = False):
     weights = comfy_inprocess.module("indigo_core.prior.weights")
     folder = comfy_inprocess.models_dir / "prior"
     folder.mkdir(parents=True, exist_ok=True)
-    ae, unet = _ae(comfy_inprocess, seed=3), _unet(comfy_inprocess, seed=4)
+    ae = _plain_ae(comfy_inprocess, seed=3) if plain else _ae(comfy_inprocess, seed=3)
+    unet = _unet(comfy_inprocess, seed=4)
     with torch.inference_mode(False):
         ae.normalise_latents([0.1, -0.2, 0.0, 0.3], [0.5, 0.7, 1.1, 0.9])
         ctx = torch.randn(1, unet.cfg.context_tokens, unet.cfg.context_dim)
@@ -153,11 +193,13 @@ def _write_prior(comfy_inprocess, stem: str):
     return ae, unet, ctx, factors
 
 
-def test_load_prior_node_gives_model_vae_conditioning(comfy_inprocess) -> None:
+@pytest.mark.parametrize("plain", [False, True], ids=["autoencoderkl", "plain"])
+def test_load_prior_node_gives_model_vae_conditioning(comfy_inprocess, plain) -> None:
     import comfy.model_patcher
 
-    ae, unet, ctx, factors = _write_prior(comfy_inprocess, "hosttest")
-    unet_name, vae_name = "prior/hosttest_unet.safetensors", "prior/hosttest_vae.safetensors"
+    stem = "hosttest_plain" if plain else "hosttest"
+    ae, unet, ctx, factors = _write_prior(comfy_inprocess, stem, plain=plain)
+    unet_name, vae_name = f"prior/{stem}_unet.safetensors", f"prior/{stem}_vae.safetensors"
     load_prior = comfy_inprocess.module("nodes.load_prior")
     assert unet_name in load_prior.list_prior_files("unet") and unet_name not in load_prior.list_prior_files("vae")
     assert vae_name in load_prior.list_prior_files("vae")
