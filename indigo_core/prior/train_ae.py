@@ -10,7 +10,7 @@ plays the role of SD's 1e-6 on a summed reconstruction loss). No adversarial or 
 the goal is a faithful reconstruction (PSNR) for restoration, not sharper hallucination.
 
 After training the per-channel latent statistics are folded into quant_conv/post_quant_conv
-(`AutoencoderKL.normalise_latents`): then SD1's latent format (x 0.18215) gives unit-variance
+(`AutoencoderKL.normalise_latents`; the plain autoencoder's 1x1 latent convs likewise): then SD1's latent format (x 0.18215) gives unit-variance
 latents, and ComfyUI's SD sampling applies to this autoencoder as to SD's own.
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Union
 from pathlib import Path
+from typing import Union
 
 import torch
 
@@ -36,11 +36,11 @@ from .weights import load_autoencoder, save_autoencoder
 
 VAE_FILE = "indigo-prior-vae.safetensors"
 VAE_CARD = "indigo-prior-vae.card.json"
-Autoencoder = Union[AutoencoderKL, PlainAutoencoder]
 LOG_FILE = "autoencoder_log.csv"
-PRESETS = {**KL_PRESETS, **PLAIN_PRESETS}
 CKPT_FILE = "autoencoder_ckpt.pt"
 RECON_FILE = "autoencoder_val_recon.png"
+PRESETS = {**KL_PRESETS, **PLAIN_PRESETS}
+Autoencoder = Union[AutoencoderKL, PlainAutoencoder]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
