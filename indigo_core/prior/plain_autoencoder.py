@@ -4,8 +4,9 @@ No normalisation layers and no attention: a 3x3 conv in, then per level a few re
 (conv-ReLU-conv plus the input); 2x2 stride-2 convs go down, 1x1 convs with a pixel shuffle go up;
 1x1 convs map to and from the latent. Widths grow as the resolution falls (default 32, 64, 128,
 256), so most weights work at 1/8 size and a training step costs a few times less per pixel than
-SD's AutoencoderKL design of the same parameter count: on a 2-core CPU it reaches in minutes what
-the narrow AutoencoderKL reaches in hours.
+SD's AutoencoderKL design of about the same parameter count (on this project's 2-core CPU, 2
+threads: about 226 kpix/s for `lean` in its 42-minute run, against 59 kpix/s measured for the
+5.6 M-parameter AutoencoderKL `small` on 128 px crops).
 
 It implements the same `Autoencoder` protocol as `AutoencoderKL` (`encode`/`decode` in [0,1],
 `moments`/`decode_raw` in [-1,1], `normalise_latents`), with a deterministic latent (the
@@ -71,7 +72,7 @@ class PlainAutoencoderConfig:
         return config_from_dict(cls, d)
 
 
-#: "lean": the bundled prior's autoencoder (widths 32-256, 5.3 M parameters). "lean-tiny": tests.
+#: "lean": the bundled prior's autoencoder (widths 32-256, 5.85 M parameters). "lean-tiny": tests.
 PRESETS = {
     "lean": PlainAutoencoderConfig(),
     "lean-tiny": PlainAutoencoderConfig(widths=(8, 8, 16, 16), blocks=(1, 0, 0, 1)),
