@@ -21,11 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import AutoencoderBase, config_from_dict
+from .base import SD_SCALE_FACTOR, AutoencoderBase, config_from_dict
 
-# SD1.x's latent scale: model-space latent = VAE latent * 0.18215. The bundled autoencoder is
-# normalised after training (normalise_latents) so that this same factor gives unit variance.
-SD_SCALE_FACTOR = 0.18215
 
 
 @dataclass(frozen=True)
@@ -305,13 +302,7 @@ class AutoencoderKL(AutoencoderBase):
         if not self.cfg.double_z:
             raise ConfigError("normalise_latents needs a double_z (mean, logvar) autoencoder")
         c = self.cfg.embed_dim
-        dev = self.quant_conv.weight.device
-        mean_t = torch.as_tensor(mean, dtype=torch.float64, device=dev).reshape(-1)
-        std_t = torch.as_tensor(std, dtype=torch.float64, device=dev).reshape(-1)
-        if mean_t.numel() != c or std_t.numel() != c or not bool((std_t > 0).all()):
-            raise ConfigError(f"normalise_latents: expected {c} means and {c} positive stds, got {mean_t.tolist()}, {std_t.tolist()}")
-        target = 1.0 / self.cfg.scale_factor if target_std is None else float(target_std)
-        a = target / std_t  # z' = a (z - m)
+        mean_t, a = self._latent_affine(mean, std, target_std, self.quant_conv.weight.device)  # z' = a (z - m)
         qw, qb = self.quant_conv.weight.double(), self.quant_conv.bias.double()
         qw[:c] *= a.view(-1, 1, 1, 1)
         qb[:c] = (qb[:c] - mean_t) * a

@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
+
+# SD1.x's latent scale: model-space latent = VAE latent * 0.18215. The bundled autoencoders are
+# normalised after training (normalise_latents) so that this same factor gives unit variance.
+SD_SCALE_FACTOR = 0.18215
 
 
 def config_from_dict(cls, d: dict):
@@ -54,3 +59,14 @@ class AutoencoderBase(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction of (B,3,H,W) in [0,1] through the posterior mean."""
         return self.decode(self.encode(x))
+
+    def _latent_affine(self, mean, std, target_std, device) -> tuple[Tensor, Tensor]:
+        """(mean_c, a_c) in float64 for `normalise_latents`' z' = a (z - mean), a = target_std / std
+        (target_std defaults to 1/scale_factor); checks one mean and one positive std per channel."""
+        c = self.latent_channels
+        mean_t = torch.as_tensor(mean, dtype=torch.float64, device=device).reshape(-1)
+        std_t = torch.as_tensor(std, dtype=torch.float64, device=device).reshape(-1)
+        if mean_t.numel() != c or std_t.numel() != c or not bool((std_t > 0).all()):
+            raise ConfigError(f"normalise_latents: expected {c} means and {c} positive stds, got {mean_t.tolist()}, {std_t.tolist()}")
+        target = 1.0 / self.scale_factor if target_std is None else float(target_std)
+        return mean_t, target / std_t

@@ -23,9 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import AutoencoderBase, config_from_dict
+from .base import SD_SCALE_FACTOR, AutoencoderBase, config_from_dict
 
-SD_SCALE_FACTOR = 0.18215
 FAMILY = "plain"
 
 
@@ -159,13 +158,8 @@ class PlainAutoencoder(AutoencoderBase):
     def normalise_latents(self, mean: Sequence[float], std: Sequence[float], target_std: Optional[float] = None) -> None:
         """Fold z' = a (z - mean) with a = target_std / std into the 1x1 latent convs, exactly
         (see `AutoencoderKL.normalise_latents`; target_std defaults to 1/scale_factor)."""
-        c = self.latent_channels
         enc, dec = self.encoder.conv_out, self.decoder.conv_in
-        mean_t = torch.as_tensor(mean, dtype=torch.float64, device=enc.weight.device).reshape(-1)
-        std_t = torch.as_tensor(std, dtype=torch.float64, device=enc.weight.device).reshape(-1)
-        if mean_t.numel() != c or std_t.numel() != c or not bool((std_t > 0).all()):
-            raise ConfigError(f"normalise_latents: expected {c} means and {c} positive stds, got {mean_t.tolist()}, {std_t.tolist()}")
-        a = (1.0 / self.cfg.scale_factor if target_std is None else float(target_std)) / std_t
+        mean_t, a = self._latent_affine(mean, std, target_std, enc.weight.device)
         enc.weight.copy_(enc.weight.double() * a.view(-1, 1, 1, 1))
         enc.bias.copy_((enc.bias.double() - mean_t) * a)
         w = dec.weight.double()

@@ -118,4 +118,4 @@ def test_training_cli_builds_the_plain_autoencoder(tmp_path) -> None:
     loaded = load_autoencoder(out / "indigo-prior-vae.safetensors")
     assert isinstance(loaded, PlainAutoencoder) and loaded.cfg == PRESETS["lean-tiny"]
     rows = (out / "autoencoder_log.csv").read_text().splitlines()
-    assert len(rows) == 4 and all(float(r.split(",")[6] or 0) == 0 for r in rows[1:])  # no KL term
+    assert len(rows) == 4 and all(float(r.split(",")[6]) == 0 for r in rows[1:])  # no KL term
