@@ -270,7 +270,25 @@ def wrapped_vae(ae: torch.nn.Module):
                                                    offload_device=model_management.vae_offload_device())
     vae.size = None
     vae.model_size()
+    per_pixel = getattr(ae, "peak_activations_per_pixel", None)
+    if per_pixel is not None:  # else ComfyUI's AutoencoderKL budget stays (larger than needed)
+        _budget_vae_memory(vae, per_pixel(), ae.downscale)
     return vae
+
+
+#: Headroom over the autoencoder's own activation bound, for convolution workspaces and the
+#: allocator's fragmentation. Ours.
+VAE_MEMORY_HEADROOM = 2.0
+
+
+def _budget_vae_memory(vae, elements_per_pixel: int, downscale: int) -> None:
+    """ComfyUI sizes VAE batches (and frees memory for them) by ``memory_used_encode(shape, dtype)``
+    (image shape, B,C,H,W) and ``memory_used_decode(shape, dtype)`` (latent shape); set both from
+    the autoencoder's per-pixel bound instead of the stub AutoencoderKL's 1767 / 2178."""
+    n = VAE_MEMORY_HEADROOM * elements_per_pixel
+    vae.memory_used_encode = lambda shape, dtype: n * shape[2] * shape[3] * model_management.dtype_size(dtype)
+    vae.memory_used_decode = lambda shape, dtype: (n * shape[2] * shape[3] * downscale * downscale
+                                                   * model_management.dtype_size(dtype))
 
 
 register_model_folder()

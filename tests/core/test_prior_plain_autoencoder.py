@@ -51,6 +51,29 @@ def test_geometry_and_protocol(ae: PlainAutoencoder) -> None:
         ae.decode(torch.rand(1, 3, 4, 4))
 
 
+@pytest.mark.parametrize("cfg", [PRESETS["lean"], PRESETS["lean-tiny"],
+                                 PlainAutoencoderConfig(widths=(16, 64, 256, 512), blocks=(1, 2, 2, 2)),
+                                 PlainAutoencoderConfig(widths=(64, 64, 64, 64), blocks=(2, 0, 0, 1))],
+                         ids=["lean", "lean-tiny", "deep-levels", "flat"])
+def test_peak_activation_bound_holds_and_is_tight(cfg) -> None:
+    """The per-pixel bound a host sizes its VAE batches with: never below what an inference
+    encode or decode really keeps alive, and not far above it."""
+    from _live_memory import PeakLiveBytes
+
+    ae = PlainAutoencoder(cfg).eval()
+    side = 64
+    x = torch.rand(1, 3, side, side)
+    with torch.no_grad():
+        with PeakLiveBytes() as enc:
+            z = ae.encode(x)
+        with PeakLiveBytes() as dec:
+            ae.decode(z)
+    measured = [p.peak / x.element_size() / side ** 2 for p in (enc, dec)]
+    bound = ae.peak_activations_per_pixel()
+    assert min(measured) > 10, measured  # the probe saw the activations
+    assert max(measured) <= bound <= 1.8 * max(measured), (measured, bound)
+
+
 def test_config_validation_and_round_trip() -> None:
     assert PlainAutoencoderConfig.from_dict(SMALL.to_dict()) == SMALL
     with pytest.raises(ConfigError, match="blocks"):

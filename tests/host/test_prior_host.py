@@ -168,6 +168,13 @@ def test_plain_autoencoder_wrapped_as_comfy_vae(comfy_inprocess) -> None:
         assert tiled.shape == (2, 64, 48, 3) and torch.isfinite(tiled).all()
         assert (tiled.float() - ae.decode(z_ours, clamp=True).movedim(1, -1)).abs().mean() < 0.1
     assert vae.model_size() == sum(p.numel() * p.element_size() for p in ae.parameters())
+    # ComfyUI sizes batches by the autoencoder's own bound, not the stub AutoencoderKL's budget
+    import comfy.model_management as mm
+
+    per_px = host.VAE_MEMORY_HEADROOM * ae.peak_activations_per_pixel() * mm.dtype_size(torch.float16)
+    assert vae.memory_used_decode((1, 4, 16, 16), torch.float16) == per_px * 128 * 128
+    assert vae.memory_used_encode((1, 3, 128, 128), torch.float16) == per_px * 128 * 128
+    assert vae.memory_used_decode((1, 4, 16, 16), torch.float16) < 2178 * 128 * 128 * 2 / 4
     # the guidance's differentiable path reads the wrapped module
     pg = comfy_inprocess.module("nodes.guidance_patch")
     wrapped = pg.ComfyVAEAutoencoder(vae, device="cpu", differentiable=True)
