@@ -29,25 +29,38 @@ DENOISE = [0.3, 0.5, 0.7, 1.0]
 
 
 def fix_fields(fix: str) -> dict:
-    """'none' or 'wavelet-L' -> RestoreSettings fields."""
-    if fix == "none":
-        return {"colour_fix": "none"}
-    kind, levels = fix.split("-")
+    """'none', 'adain' or 'wavelet-L' -> RestoreSettings fields; ValueError otherwise."""
+    if fix in ("none", "adain"):
+        return {"colour_fix": fix}
+    kind, _, levels = fix.partition("-")
+    if kind != "wavelet" or not levels.isdigit():
+        raise ValueError(fix)
     return {"colour_fix": kind, "colour_levels": int(levels)}
+
+
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def main(argv=None) -> int:
     import torch
 
     from indigo_core.metrics import load_lpips
-    from indigo_core.restore.pipeline import default_settings
+    from indigo_core.restore.pipeline import RestoreSettings, default_settings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=int, default=6, help="how many training photos")
     ap.add_argument("--photo-dir", type=Path, default=DEFAULT_PHOTOS)
-    ap.add_argument("--fixes", nargs="*", default=FIXES, help="'none' or 'wavelet-L' (L levels)")
+    ap.add_argument("--fixes", nargs="*", default=FIXES, help="'none', 'adain' or 'wavelet-L' (L levels)")
     ap.add_argument("--denoise", nargs="*", type=float, default=DENOISE)
     ap.add_argument("--no-pixel", action="store_true", help="skip the PixelINN runs (the slow ones)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                    help="override a RestoreSettings field for every run (e.g. w_p=0 step_size=0.5)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "margin")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -55,7 +68,13 @@ def main(argv=None) -> int:
         try:
             fix_fields(fix)
         except ValueError:
-            ap.error(f"--fixes: expected 'none' or 'wavelet-L', got {fix!r}")
+            ap.error(f"--fixes: expected 'none', 'adain' or 'wavelet-L', got {fix!r}")
+    overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        if field not in {f.name for f in dataclasses.fields(RestoreSettings)} or not value:
+            ap.error(f"--set: expected FIELD=VALUE with a RestoreSettings field, got {item!r}")
+        overrides[field] = _number_or_text(value)
     torch.set_num_threads(args.threads)
 
     data = load_set(args.photo_dir, args.photos)
@@ -74,17 +93,17 @@ def main(argv=None) -> int:
     for fix in args.fixes:
         for dn in args.denoise:
             t0 = time.perf_counter()
-            lat = default_settings("latent", denoise=dn, **fix_fields(fix))
+            lat = default_settings("latent", denoise=dn, **fix_fields(fix), **overrides)
             _, pu, lu = scorers["latent"](dataclasses.replace(lat, mode="unguided"))
             row = [fix, f"{dn:g}", f"{pu:.2f}", f"{lu:.4f}"]
             for m in modes:
-                _, p, lp = scorers[m](default_settings(m, denoise=dn, **fix_fields(fix)))
+                _, p, lp = scorers[m](default_settings(m, denoise=dn, **fix_fields(fix), **overrides))
                 row += [f"{p:.2f}", f"{lp:.4f}", f"{p - pu:+.2f}", f"{p - bic_psnr:+.2f}"]
             rows.append(row)
             print(" | ".join(row) + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     with open(args.out / "margin.csv", "w", newline="") as f:
         csv.writer(f).writerows([head] + rows)
-    md = [f"{len(data)} training photos, x4 medium, 256x256; bicubic {bic_psnr:.2f} dB / LPIPS {bic_lpips:.4f}", "",
+    md = [f"{len(data)} training photos, x4 medium, 256x256; overrides {overrides or 'none'}; bicubic {bic_psnr:.2f} dB / LPIPS {bic_lpips:.4f}", "",
           " | ".join(head), " | ".join("---" for _ in head)] + [" | ".join(r) for r in rows]
     (args.out / "margin.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
