@@ -17,6 +17,9 @@
 # Environment: PYTHON (python3), AE_MINUTES (3.75), UNET_MINUTES (3.5), TOTAL_MINUTES (9.3),
 # AE_VARIANTS (space-separated PRESET:LR autoencoders trained side by side; default small:5e-4),
 # AE_ARGS / UNET_ARGS (extra arguments, e.g. for a CPU check), WORK (scratch folder).
+# The bundled autoencoder is now the plain `lean` one, trained on the CPU (its model card has the
+# command); to train that design here: AE_VARIANTS=lean:1e-3 AE_ARGS="--mse-weight 1 --ssim-weight 0
+# --warmup 50" (not yet run on a GPU).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."

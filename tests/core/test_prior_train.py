@@ -106,7 +106,8 @@ def test_crop_sampler_is_seeded_and_in_bounds() -> None:
 
 def test_gpu_train_script_keeps_the_best_autoencoder_variant(photos, tmp_path) -> None:
     """tools/gpu_train.sh (the script that trained the bundled prior), shrunk to a CPU check: two
-    autoencoder variants side by side, the better one exported, the UNet trained on its latents."""
+    autoencoder variants side by side (one plain, one AutoencoderKL), the better one exported, the
+    UNet trained on its latents."""
     import hashlib
     import os
     import subprocess
@@ -119,7 +120,7 @@ def test_gpu_train_script_keeps_the_best_autoencoder_variant(photos, tmp_path) -
     run(["stage", "--data", str(photos), "--out", str(staged), "--val-fraction", "0.2"])
     cpu = "--device cpu --threads 1"
     env = dict(os.environ, OUT=str(out), WORK=str(work), PYTHON=sys.executable, AE_MINUTES="0.5",
-               UNET_MINUTES="0.5", TOTAL_MINUTES="4", AE_VARIANTS="tiny:2e-3 tiny:1e-6",
+               UNET_MINUTES="0.5", TOTAL_MINUTES="4", AE_VARIANTS="lean-tiny:2e-3 tiny:1e-6",
                AE_ARGS=f"{cpu} --crop 64 --val-size 64 --batch-size 2 --stats-crops 4 --max-steps 4 --warmup 1",
                UNET_ARGS=f"{cpu} --preset tiny --latent-size 8 --batch-size 2 --scales 1 --no-mirror --samples 2 "
                          "--sample-steps 2 --max-steps 2 --val-size 64")
@@ -130,8 +131,10 @@ def test_gpu_train_script_keeps_the_best_autoencoder_variant(photos, tmp_path) -
         ["indigo-prior-vae.safetensors", "indigo-prior-vae.card.json", "indigo-prior-unet.safetensors",
          "indigo-prior-unet.card.json", "run.log", "logs.tar.gz"])
     variants = {d.name: json.loads((d / "indigo-prior-vae.card.json").read_text())
-                for d in (work / "ae_tiny_2e-3", work / "ae_tiny_1e-6")}
+                for d in (work / "ae_lean-tiny_2e-3", work / "ae_tiny_1e-6")}
     assert {c["training"]["peak_lr"] for c in variants.values()} == {2e-3, 1e-6}
+    assert variants["ae_lean-tiny_2e-3"]["architecture"]["config"]["family"] == "plain"
+    assert "family" not in variants["ae_tiny_1e-6"]["architecture"]["config"]
     best = max(variants.values(), key=lambda c: c["quality"]["val_psnr_db"])
     shipped = json.loads((out / "indigo-prior-vae.card.json").read_text())
     assert shipped["sha256"] == best["sha256"] == hashlib.sha256((out / "indigo-prior-vae.safetensors").read_bytes()).hexdigest()
