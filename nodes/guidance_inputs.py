@@ -123,7 +123,9 @@ def guidance_inputs(colour_fix: bool = False) -> list:
                        tooltip="Weight of the data-consistency term ||y - g_c(D(z0))|| (gradient modes)."),
         io.Float.Input("w_p", default=1.0, min=0.0, max=100.0, step=0.1,
                        tooltip="Weight of the perceptual term LPIPS(g^-1(y, x_d), D(z0)) (pixel_inn). Needs the "
-                               "offline LPIPS backbone weights; 0 switches the term off."),
+                               "offline LPIPS backbone weights; 0 switches the term off. Its gradient can "
+                               "dominate the step and weaken data consistency: lower it if results drift "
+                               "from the input at high denoise."),
         io.Float.Input("step_size", default=0.5, min=0.0, max=10.0, step=0.05,
                        tooltip="Gradient step scale (gradient modes). With the 'polyak' rule 1 = the step that "
                                "would zero the linearised loss."),
