@@ -270,9 +270,7 @@ def wrapped_vae(ae: torch.nn.Module):
                                                    offload_device=model_management.vae_offload_device())
     vae.size = None
     vae.model_size()
-    per_pixel = getattr(ae, "peak_activations_per_pixel", None)
-    if per_pixel is not None:  # else ComfyUI's AutoencoderKL budget stays (larger than needed)
-        _budget_vae_memory(vae, per_pixel(), ae.downscale)
+    _budget_vae_memory(vae, ae.peak_activations_per_pixel(), ae.downscale)
     return vae
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..indigo_core.errors import IndigoError, WeightsFileError
+from ..indigo_core.prior.plain_autoencoder import PlainAutoencoder
 from .common import CATEGORY
 from .host import find_model, io, list_models, model_folders, sd1_eps_model, sd_vae, wrapped_vae
 
@@ -96,8 +97,8 @@ def load_prior(unet_path: str, vae_path: str):
                         os.path.basename(unet_path), paired, os.path.basename(vae_path))
         try:
             model = sd1_eps_model(cfg.to_comfy_unet_config(), unet_sd, latent_format)
-            vae = (sd_vae(ae.state_dict(), ae.cfg.to_comfy_config()) if hasattr(ae.cfg, "to_comfy_config")
-                   else wrapped_vae(ae))
+            vae = (wrapped_vae(ae) if isinstance(ae, PlainAutoencoder)
+                   else sd_vae(ae.state_dict(), ae.cfg.to_comfy_config()))
         except (RuntimeError, ValueError) as exc:
             raise WeightsFileError(unet_path, f"ComfyUI could not build the prior from these files ({exc})") from exc
     conditioning = [[null_context.float().clone(), {}]]

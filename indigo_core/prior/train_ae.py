@@ -223,13 +223,12 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         "file": VAE_FILE, "sha256": sha256(out_file), "file_bytes": out_file.stat().st_size, "dtype": "float16",
         "format": ("indigo-prior-autoencoder v1 (safetensors, ldm/ComfyUI AutoencoderKL key names)" if variational
                    else "indigo-prior-autoencoder v1 (safetensors, plain autoencoder; config family 'plain')"),
-        "architecture": ({"family": "Stable Diffusion AutoencoderKL (KL-f8, 4 latent channels)", "preset": args.preset,
-                          "config": cfg.to_dict(), "parameters": n_params, "comfy_vae_config": cfg.to_comfy_config()}
-                         if variational else
-                         {"family": "plain convolutional autoencoder (f8, 4 latent channels, deterministic latent; "
-                                    "indigo_core.prior.plain_autoencoder)", "preset": args.preset,
-                          "config": cfg.to_dict(), "parameters": n_params,
-                          "comfyui": "wrapped as a comfy.sd.VAE by the pack's Load INDIGO Prior node"}),
+        "architecture": {"preset": args.preset, "config": cfg.to_dict(), "parameters": n_params,
+                         **({"family": "Stable Diffusion AutoencoderKL (KL-f8, 4 latent channels)",
+                             "comfy_vae_config": cfg.to_comfy_config()} if variational else
+                            {"family": "plain convolutional autoencoder (f8, 4 latent channels, deterministic latent; "
+                                       "indigo_core.prior.plain_autoencoder)",
+                             "comfyui": "wrapped as a comfy.sd.VAE by the pack's Load INDIGO Prior node"})},
         "latent_format": {"scale_factor": cfg.scale_factor, "normalised": True,
                           "encoder": ("frozen: identical to the --init file's" if args.freeze_encoder else "trained"),
                           "raw_mean_before": [round(v, 4) for v in mean_c], "raw_std_before": [round(v, 4) for v in std_c],
