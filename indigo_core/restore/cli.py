@@ -106,11 +106,12 @@ def _defaults_text() -> str:
 
 
 def plan(input_path: Path, out: Path) -> list[tuple[Path, Path]]:
-    """[(input file, output PNG)] sorted by the input's relative path; DatasetError on a bad input."""
+    """[(input file, output PNG)] sorted by the input's relative path; DatasetError on a bad input,
+    ConfigError if an output would land on an input image."""
     if input_path.is_file():
         if input_path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DatasetError(f"{input_path}: expected an image ({', '.join(IMAGE_EXTENSIONS)}), got {input_path.suffix!r}")
-        return [(input_path, out / f"{input_path.stem}.png")]
+        return _refuse_outputs_onto_inputs([(input_path, out / f"{input_path.stem}.png")])
     if not input_path.is_dir():
         raise DatasetError(f"{input_path}: no such file or folder")
     files = sorted((p for p in input_path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
@@ -125,6 +126,18 @@ def plan(input_path: Path, out: Path) -> list[tuple[Path, Path]]:
             raise DatasetError(f"{seen[target]} and {f} would both be written to {target}; rename one")
         seen[target] = f
         pairs.append((f, target))
+    return _refuse_outputs_onto_inputs(pairs)
+
+
+def _refuse_outputs_onto_inputs(pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """ConfigError if a planned output is one of the input images (it would be replaced, even with
+    --overwrite: --overwrite is for earlier outputs, never for the images being restored)."""
+    inputs = {src.resolve(): src for src, _ in pairs}
+    for src, dst in pairs:
+        hit = inputs.get(dst.resolve())
+        if hit is not None:
+            raise ConfigError(f"--out: expected outputs that are not input images, got {dst} for {src}, "
+                              f"which is the input {hit}; choose another --out folder")
     return pairs
 
 

@@ -239,6 +239,27 @@ def test_plan_refuses_two_inputs_with_one_output(tmp_path):
         plan(tmp_path, tmp_path / "out")
 
 
+def test_an_output_never_lands_on_an_input_image_even_with_overwrite(tiny_models, tmp_path, capsys):
+    from PIL import Image
+
+    lq = tmp_path / "lq"
+    (lq / "sub").mkdir(parents=True)
+    Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)).save(lq / "photo.png")
+    before = (lq / "photo.png").read_bytes()
+    # a single file restored into its own folder would be written onto itself
+    for extra in ([], ["--overwrite"]):
+        assert main([str(lq / "photo.png"), "--out", str(lq), "--mode", "bicubic", "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "not input images" in err and "photo.png" in err
+    assert (lq / "photo.png").read_bytes() == before
+    # a folder restored into its subfolder: lq/photo.png -> lq/sub/photo.png, itself an input
+    (lq / "sub" / "photo.png").write_bytes(before)
+    with pytest.raises(ConfigError, match="not input images"):
+        plan(lq, lq / "sub")
+    assert [o.relative_to(tmp_path).as_posix() for _, o in plan(lq, tmp_path / "out")] == \
+        ["out/photo.png", "out/sub/photo.png"]
+
+
 def test_shard_splits_every_file_exactly_once():
     items = list(range(11))
     parts = [shard(items, r, 3) for r in range(3)]
