@@ -2,7 +2,8 @@
 
 For judging an INN or a setting on synthetic degradations (Synthetic Degradation -> restore ->
 compare). An image smaller than the reference (e.g. the measurement) is upsampled bicubically to
-the reference size first, so it stands for the bicubic baseline. Metrics are the core's
+the reference size first, so it stands for the bicubic baseline; an image larger than the reference
+or with another aspect ratio is refused. Metrics are the core's
 (``indigo_core.metrics``): PSNR on RGB, SSIM on RGB (as scikit-image), LPIPS with the offline
 backbone weights when they are installed (else reported as unavailable).
 """
@@ -15,9 +16,10 @@ import numpy as np
 import torch
 
 from ..indigo_core.errors import ShapeError
+from ..indigo_core.guidance import check_aspect
 from .common import CATEGORY
 from .guidance_patch import bchw_to_image, image_to_bchw
-from .host import io, model_folders
+from .host import io, metrics_weights_dir
 
 LPIPS_CHOICES = ("alex", "vgg", "off")
 MAX_IMAGES = 5
@@ -30,9 +32,8 @@ def _lpips_metric(net: str):
         return None, "off"
     from ..indigo_core.metrics import PerceptualWeightsMissing, load_lpips
 
-    folders = model_folders()
-    try:  # models/indigo/metrics/ first, then the core's own search order
-        return load_lpips(net, weights_dir=folders[0] if folders else None), ""
+    try:  # the indigo model folders first, then the core's own search order
+        return load_lpips(net, weights_dir=metrics_weights_dir(net)), ""
     except PerceptualWeightsMissing:
         return None, "weights not installed (see the README, metrics)"
 
@@ -59,8 +60,8 @@ class CompareImages(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         optional = [
             io.Image.Input(f"image_{k}", optional=True,
-                           tooltip=f"Another image to compare (e.g. an unguided baseline or a second INN); any "
-                                   f"size, upsampled bicubically to the reference if smaller.")
+                           tooltip=f"Another image to compare (e.g. an unguided baseline or a second INN): the "
+                                   f"reference's size, or smaller with its aspect ratio (upsampled bicubically).")
             for k in range(2, MAX_IMAGES + 1)
         ]
         return io.Schema(
@@ -114,7 +115,12 @@ class CompareImages(io.ComfyNode):
             if x.shape[0] not in (1, B):
                 raise ShapeError(f"image_{k + 1}: expected a batch of {B} (the reference's) or 1, got {x.shape[0]}")
             x = x.expand(B, -1, -1, -1)
-            resized = tuple(x.shape[-2:]) != (H, W)
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            if h > H or w > W:
+                raise ShapeError(f"image_{k + 1}: expected at most the reference's size {H}x{W} (a smaller image "
+                                 f"is upsampled bicubically to it), got {h}x{w}")
+            check_aspect(f"image_{k + 1}", (h, w), (H, W), "the reference")
+            resized = (h, w) != (H, W)
             if resized:
                 x = resize_to(x, (H, W), "bicubic").clamp(0.0, 1.0)
             name = names[k] if k < len(names) and names[k] else f"image {k + 1}"

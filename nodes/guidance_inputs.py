@@ -8,6 +8,7 @@ never rename one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -15,9 +16,13 @@ import torch
 
 from ..indigo_core.errors import ConfigError, InputValueError, ShapeError
 from ..indigo_core.guidance import GuidanceSettings, RefineSettings, Schedule
+from ..indigo_core.guidance.run import require_perceptual_weights
+from ..indigo_core.guidance.settings import INN_DOMAIN
 from .common import INN
 from .guidance_patch import GuidanceSpec, image_to_bchw
-from .host import SAMPLER_NAMES, SCHEDULER_NAMES, io
+from .host import SAMPLER_NAMES, SCHEDULER_NAMES, io, metrics_weights_dir
+
+log = logging.getLogger("comfyui_indigo")
 
 #: Socket types of the pack's guidance nodes.
 DEGRADATION = io.Custom("INDIGO_DEGRADATION")  # value: float32 tensor (B|1, 128)
@@ -192,8 +197,10 @@ def settings_from_inputs(*, mode: str, inn: Any, zeta: float, w_dc: float, w_p: 
     if refine is not None:
         if not isinstance(refine, RefineSettings):
             raise ConfigError(f"refine: expected an INDIGO_REFINE, got {type(refine).__name__}")
-        if mode in ("latent_inn", "pixel_inn", "ldps"):
+        if mode in INN_DOMAIN:
             kwargs["refine"] = refine
+        else:
+            log.warning("comfyui-indigo: mode %r has no INN to refine, so the connected refine is not used", mode)
     if mode in ("latent_inn", "none"):
         kwargs["grad_wrt"] = "z0"  # nothing to differentiate: zt only applies to the gradient modes
     return GuidanceSettings(**kwargs)
@@ -228,8 +235,15 @@ def prepare_spec(*, inn: Any, vae: Any, measurement: Any, degradation: Any = Non
     settings = settings_from_inputs(inn=inn, **widgets)
     if settings.mode == "pgdiff" and r is None:
         raise InputValueError("restoration: mode 'pgdiff' expects a restored image on the 'restoration' input, got none")
-    return GuidanceSpec(settings, inn=inn, measurement=y, vae=vae, degradation=degradation_tensor(degradation),
+    if degradation is not None and not settings.uses_inn:
+        log.warning("comfyui-indigo: mode %r uses no INN, so the connected degradation is not used", settings.mode)
+    spec = GuidanceSpec(settings, inn=inn, measurement=y, vae=vae, degradation=degradation_tensor(degradation),
                         restoration=r, node_id=node_id, vae_tile=vae_tile)
+    if settings.needs_perceptual:  # refused here, before the sampler's first VAE pass
+        weights_dir = metrics_weights_dir("alex")
+        require_perceptual_weights(settings.w_p, weights_dir)
+        spec.run_options["perceptual_weights_dir"] = weights_dir
+    return spec
 
 
 GUIDANCE_WIDGETS = ("mode", "zeta", "w_dc", "w_p", "step_size", "max_step", "grad_wrt", "guidance_start",

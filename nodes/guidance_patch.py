@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ..indigo_core.errors import ConfigError, DomainError, InputValueError, ShapeError
-from ..indigo_core.guidance import GuidanceRun, GuidanceSettings, step_index_from_sigmas
+from ..indigo_core.guidance import GuidanceRun, GuidanceSettings, check_aspect, step_index_from_sigmas
 from ..indigo_core.guidance.settings import GRADIENT_MODES
 from .host import WrappersMP, frontend_connected, send_event, soft_empty_cache, throw_if_interrupted
 
@@ -63,6 +63,8 @@ def image_to_bchw(image: Tensor, name: str = "measurement") -> Tensor:
         raise ShapeError(f"{name}: expected an IMAGE (B,H,W,3), got {got}")
     if image.shape[-1] not in (3, 4):
         raise ShapeError(f"{name}: expected 3 colour channels (B,H,W,3), got {image.shape[-1]} channels")
+    if image.shape[0] == 0:
+        raise ShapeError(f"{name}: expected at least one image, got an empty batch {tuple(image.shape)}")
     if not bool(torch.isfinite(image).all()):
         bad = int((~torch.isfinite(image)).sum())
         raise InputValueError(f"{name}: expected finite pixel values in [0,1], got {bad} NaN/inf values")
@@ -257,6 +259,8 @@ class GuidanceSpec:
         if len(shape) != 4:
             raise ShapeError(f"latent: expected an image latent (B,C,h,w), got shape {shape}")
         B, C, h, w = shape
+        if B == 0:
+            raise ShapeError(f"latent: expected at least one item, got an empty batch {shape}")
         if model_latent_channels is not None:
             self.check_model(model_latent_channels)
             if C != int(model_latent_channels):
@@ -284,13 +288,16 @@ class GuidanceSpec:
                             f"measurement: expected {want[0]}x{want[1]} pixels (latent {h}x{w} -> image {H}x{W}, "
                             f"PixelINN scale x{cfg.scale}), got {y.shape[-2]}x{y.shape[-1]}")
                 else:
-                    hy, wy = int(y.shape[-2]), int(y.shape[-1])
-                    tol = 1.0 + 0.01 * max(hy, wy)  # rounding of a resized measurement
-                    if abs(wy - hy * W / H) > tol and abs(hy - wy * H / W) > tol:
-                        raise ShapeError(f"measurement: expected the aspect ratio of the image {H}x{W} (latent "
-                                         f"{h}x{w}), e.g. {H // 4}x{W // 4}, got {hy}x{wy}")
-        if self.degradation is not None and self.degradation.shape[0] not in (1, B):
-            raise ShapeError(f"degradation: expected a batch of {B} or 1, got {self.degradation.shape[0]}")
+                    check_aspect("measurement", y.shape[-2:], (H, W), "the image")
+        g = self.degradation
+        if g is not None:
+            if g.shape[0] not in (1, B):
+                raise ShapeError(f"degradation: expected a batch of {B} or 1, got {g.shape[0]}")
+            emb = getattr(cfg, "emb_dim", None)
+            if s.uses_inn and emb is not None and g.shape[1] != emb:
+                rows = f"{B} or 1" if B > 1 else "1"
+                raise ShapeError(f"degradation: expected ({rows}, {emb}) (the INN's degradation embedding), "
+                                 f"got {tuple(g.shape)}")
 
     # ------------------------------------------------------------------ runs
     def autoencoder(self, device=None, differentiable: Optional[bool] = None):

@@ -39,6 +39,7 @@ __all__ = [
     "model_folders",
     "list_models",
     "find_model",
+    "metrics_weights_dir",
     "throw_if_interrupted",
     "get_torch_device",
     "intermediate_device",
@@ -90,6 +91,20 @@ def register_model_folder() -> str:
 def model_folders() -> list[str]:
     """Every folder searched for INDIGO model files, in search order."""
     return folder_paths.get_folder_paths(MODEL_FOLDER)
+
+
+def metrics_weights_dir(net: str = "alex") -> str | None:
+    """The indigo model folder to search first for the LPIPS/DISTS weights of ``net``: the first
+    folder whose ``metrics/`` subfolder (or itself) holds the converted file, else the first folder
+    (so that a missing-weights error names it); None without folders. The core then falls back to
+    its own search order (INDIGO_METRICS_DIR, INDIGO_MODELS_DIR, the pack's models/metrics/)."""
+    from ..indigo_core.metrics.weights import FILES, METRICS_SUBDIR
+
+    folders = model_folders()
+    for folder in folders:
+        if any(os.path.isfile(os.path.join(folder, sub, FILES[net])) for sub in (METRICS_SUBDIR, "")):
+            return folder
+    return folders[0] if folders else None
 
 
 def list_models() -> list[str]:

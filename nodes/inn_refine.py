@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..indigo_core.errors import ConfigError, ShapeError
-from ..indigo_core.guidance import RefineSettings, measurement_latent
+from ..indigo_core.guidance import RefineSettings, check_aspect, measurement_latent
 from .common import CATEGORY, INN, private_inn_copy
 from .guidance_inputs import DEGRADATION, REFINE, degradation_tensor, schedule_from, schedule_inputs
 from .guidance_patch import ComfyVAEAutoencoder, image_to_bchw
@@ -36,20 +36,26 @@ def adapt_inn(inn: Any, reference: torch.Tensor, measurement: torch.Tensor, iter
     if measurement.shape[0] not in (1, B):
         raise ShapeError(f"measurement: expected a batch of {B} (one per reference) or 1, got {measurement.shape[0]}")
     H, W = reference.shape[-2:]
+    if degradation is not None and (degradation.shape[0] not in (1, B) or degradation.shape[1] != cfg.emb_dim):
+        rows = f"{B} or 1" if B > 1 else "1"
+        raise ShapeError(f"degradation: expected ({rows}, {cfg.emb_dim}) (one per reference; the INN's "
+                         f"embedding size), got {tuple(degradation.shape)}")
+    if cfg.domain == "pixel":
+        want = cfg.coarse_shape(H, W)
+        if tuple(measurement.shape[-2:]) != tuple(want):
+            raise ShapeError(f"measurement: expected {want[0]}x{want[1]} (reference {H}x{W} / PixelINN scale "
+                             f"x{cfg.scale}), got {measurement.shape[-2]}x{measurement.shape[-1]}")
+    else:
+        check_aspect("measurement", measurement.shape[-2:], (H, W), "the reference")
+        if vae is None:
+            raise ConfigError("vae: adapting a LatentINN expects the VAE of its latent space, got none")
     with torch.inference_mode(False):
         private = private_inn_copy(inn, trainable=True)
         device = next(private.parameters()).device
         x = reference.detach().clone().to(device)
         y = measurement.detach().clone().to(device).expand(B, -1, -1, -1)
         deg = None if degradation is None else degradation.detach().clone().to(device).expand(B, -1)
-        if cfg.domain == "pixel":
-            want = cfg.coarse_shape(H, W)
-            if tuple(y.shape[-2:]) != tuple(want):
-                raise ShapeError(f"measurement: expected {want[0]}x{want[1]} (reference {H}x{W} / PixelINN scale "
-                                 f"x{cfg.scale}), got {y.shape[-2]}x{y.shape[-1]}")
-        else:
-            if vae is None:
-                raise ConfigError("vae: adapting a LatentINN expects the VAE of its latent space, got none")
+        if cfg.domain == "latent":
             ae = ComfyVAEAutoencoder(vae, device=device)
             if ae.latent_channels != cfg.channels:
                 raise ShapeError(f"vae: expected {cfg.channels} latent channels (the LatentINN's), got {ae.latent_channels}")
@@ -91,12 +97,12 @@ class INNRefine(io.ComfyNode):
                          "reference/measurement pairs and iterations > 0 it also adapts a copy of the INN to them "
                          "before sampling (unseen degradations)."),
             inputs=schedule_inputs("the refinement", 0.0, 0.5) + [
-                io.Float.Input("lr", default=5e-5, min=0.0, max=1.0, step=1e-6, round=1e-7,
+                io.Float.Input("lr", default=5e-5, min=1e-7, max=1.0, step=1e-6, round=1e-7,
                                tooltip="Adam learning rate of the per-step refinement (INDIGO+: 5e-5)."),
                 io.Int.Input("iterations", default=0, min=0, max=100000,
                              tooltip="Adaptation iterations before sampling (0 = none; needs inn, reference "
                                      "and measurement)."),
-                io.Float.Input("adapt_lr", default=1e-4, min=0.0, max=1.0, step=1e-6, round=1e-7,
+                io.Float.Input("adapt_lr", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=1e-7,
                                tooltip="Adam learning rate of the adaptation."),
                 io.Float.Input("inverse_weight", default=1.0, min=0.0, max=100.0, step=0.1,
                                tooltip="lambda of the adaptation loss ||g_c(x)-y||^2 + lambda ||g^-1(y, x_d) - x||^2."),

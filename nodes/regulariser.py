@@ -55,6 +55,8 @@ class Regulariser(io.ComfyNode):
             z = latent["samples"]
             if z.dim() != 4:
                 raise ShapeError(f"latent: expected an image latent (B,C,h,w), got shape {tuple(z.shape)}")
+            if z.shape[0] == 0:
+                raise ShapeError(f"latent: expected at least one item, got an empty batch {tuple(z.shape)}")
             ae = ComfyVAEAutoencoder(vae, differentiable=False)
             if z.shape[1] != ae.latent_channels:
                 raise ShapeError(f"latent: expected {ae.latent_channels} channels (the VAE's), got {z.shape[1]}")

@@ -7,6 +7,7 @@ Pure functions over explicit per-run state; nothing here imports a host. Public 
 * autoencoder: `Autoencoder` protocol, `LinearTestAutoencoder`, `ae_encode`, `ae_decode`
 * algorithms: `latent_inn_guide`, `measurement_latent`, `pixel_inn_objective`, `ldps_objective`,
   `hgs_objective`, `pgdiff_objective`, `descent_update`, `reencode`
+* checks: `check_aspect`
 * colour: `colour_fix`, `wavelet_colour_fix`, `adain_colour_fix`
 * tiling (Alg. 3): `TileRegion`, `tile_grid`, `gaussian_weights`, `tiled_apply`, `tiled_encode`,
   `tiled_decode`
@@ -16,6 +17,7 @@ Pure functions over explicit per-run state; nothing here imports a host. Public 
 
 from .autoencoder import Autoencoder, LinearTestAutoencoder, ae_decode, ae_encode
 from .baselines import hgs_objective, ldps_objective, pgdiff_objective, sobel_magnitude
+from .checks import check_aspect
 from .colour import adain_colour_fix, colour_fix, wavelet_colour_fix
 from .accel import CompiledINN
 from .latent_inn import latent_inn_guide, measurement_latent, upsample_measurement
@@ -32,6 +34,7 @@ from .update import descent_update, rms_per_item
 __all__ = [
     "Autoencoder", "LinearTestAutoencoder", "ae_decode", "ae_encode",
     "hgs_objective", "ldps_objective", "pgdiff_objective", "sobel_magnitude",
+    "check_aspect",
     "adain_colour_fix", "colour_fix", "wavelet_colour_fix",
     "latent_inn_guide", "measurement_latent", "upsample_measurement",
     "Objective", "pixel_inn_objective",

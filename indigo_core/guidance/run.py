@@ -41,6 +41,7 @@ from ..errors import ConfigError, DomainError, InputValueError, ShapeError
 from .accel import CompiledINN
 from .autoencoder import Autoencoder, ae_encode
 from .baselines import hgs_objective, ldps_objective, pgdiff_objective, sobel_magnitude
+from .checks import check_aspect
 from .colour import colour_fix
 from .graphs import GraphedObjective, GraphedUpdate
 from .latent_inn import latent_inn_guide, upsample_measurement
@@ -100,13 +101,20 @@ def _holds_inference_tensors(module: torch.nn.Module) -> bool:
     return any(t.is_inference() for t in list(module.parameters()) + list(module.buffers()))
 
 
-def _check_aspect(name: str, got: Sequence[int], target: Sequence[int], what: str) -> None:
-    hy, wy = int(got[0]), int(got[1])
-    ht, wt = int(target[0]), int(target[1])
-    tol = 1.0 + 0.01 * max(hy, wy)
-    if abs(wy - hy * wt / ht) > tol and abs(hy - wy * ht / wt) > tol:
-        raise ShapeError(f"{name}: expected the aspect ratio of {what} {ht}x{wt} "
-                         f"(e.g. {ht // 4}x{wt // 4} for x4), got {hy}x{wy}")
+def require_perceptual_weights(w_p: float, weights_dir=None) -> None:
+    """ConfigError naming w_p when the LPIPS term cannot be loaded (no offline backbone weights in
+    `weights_dir` or the metrics module's search order). Reads no weights: cheap, so hosts call it
+    before any heavy work."""
+    try:
+        from ..metrics.weights import PerceptualWeightsMissing, locate_backbone
+    except ImportError as exc:
+        raise ConfigError(f"w_p={w_p}: the perceptual (LPIPS) term is unavailable ({exc}); "
+                          "set w_p = 0 to guide without it") from exc
+    try:
+        locate_backbone("alex", weights_dir)
+    except PerceptualWeightsMissing as exc:
+        raise ConfigError(f"w_p={w_p}: the LPIPS term needs offline backbone weights, which are missing "
+                          f"({exc}); install them or set w_p = 0") from exc
 
 
 class GuidanceRun:
@@ -123,6 +131,8 @@ class GuidanceRun:
         degradation: (B|1, emb_dim) embedding (e.g. KDSR) or None.
         perceptual: callable (B,3,H,W),(B,3,H,W) [0,1] -> (B,) (LPIPS); loaded with
             indigo_core.metrics.lpips.load_lpips when None and mode pixel_inn with w_p > 0.
+        perceptual_weights_dir: a folder searched first for the LPIPS backbone weights (its
+            metrics/ subfolder, then itself; then the metrics module's own search order).
         restoration: r for mode pgdiff, (B|1,3,H_r,W_r) in [0,1] (resized to the image size).
         measurement_latent: optional precomputed z_y = E(up(y)) for latent_inn, (B|1,C,h_c,w_c)
             (e.g. from `tiled_encode` for large images); computed here when None.
@@ -149,7 +159,7 @@ class GuidanceRun:
 
     def __init__(self, settings: GuidanceSettings, *, measurement: Optional[Tensor],
                  latent_shape: Sequence[int], autoencoder: Autoencoder, inn=None,
-                 degradation: Optional[Tensor] = None, perceptual=None,
+                 degradation: Optional[Tensor] = None, perceptual=None, perceptual_weights_dir=None,
                  restoration: Optional[Tensor] = None, measurement_latent: Optional[Tensor] = None,
                  device=None, cuda_graphs: Optional[bool] = None, checkpoint_decoder: bool = False,
                  checkpoint_inn: bool = False, compile_inn: bool = False, free_cache: Optional[Callable[[], None]] = None,
@@ -187,7 +197,7 @@ class GuidanceRun:
             self.optimizer, self._params = maybe_optimizer(self.inn, s.refine) if self.inn is not None else (None, [])
             # g: what the algorithms call (the module, or its compiled form sharing its parameters)
             self.g = CompiledINN(self.inn) if compile_inn and self.inn is not None else self.inn
-            self.perceptual = self._load_perceptual(perceptual) if s.needs_perceptual else None
+            self.perceptual = self._load_perceptual(perceptual, perceptual_weights_dir) if s.needs_perceptual else None
 
             self.z_y = None
             if s.mode == "latent_inn":
@@ -256,7 +266,7 @@ class GuidanceRun:
                 if cfg.scale > 1 and (h % cfg.scale or w % cfg.scale):
                     raise ShapeError(f"latent {h}x{w}: expected multiples of the INN scale {cfg.scale}")
                 hc, wc = cfg.coarse_shape(h, w)
-                _check_aspect("measurement", y.shape[-2:], (hc * self.downscale, wc * self.downscale), "the image")
+                check_aspect("measurement", y.shape[-2:], (hc * self.downscale, wc * self.downscale), "the image")
                 if z_y is not None:
                     _is_tensor(z_y, "measurement_latent")
                     if z_y.dim() != 4 or tuple(z_y.shape[1:]) != (C, hc, wc) or z_y.shape[0] not in (1, B):
@@ -273,29 +283,19 @@ class GuidanceRun:
                               f"{s.mode!r}, got inference tensors (loaded under torch.inference_mode()); "
                               "pass a copy made under torch.inference_mode(False)")
         if s.mode == "hgs":
-            _check_aspect("measurement", y.shape[-2:], (H, W), "the image")
+            check_aspect("measurement", y.shape[-2:], (H, W), "the image")
         if s.mode == "pgdiff":
             if restoration is None:
                 raise InputValueError("restoration: mode 'pgdiff' needs a restored image, got None")
             _check_image(_is_tensor(restoration, "restoration"), "restoration", B)
-            _check_aspect("restoration", restoration.shape[-2:], (H, W), "the image")
+            check_aspect("restoration", restoration.shape[-2:], (H, W), "the image")
 
-    def _load_perceptual(self, perceptual):
+    def _load_perceptual(self, perceptual, weights_dir):
         if perceptual is None:
-            try:
-                from ..metrics.lpips import load_lpips
-            except ImportError as exc:
-                raise ConfigError(
-                    f"w_p={self.settings.w_p}: the perceptual (LPIPS) term is unavailable "
-                    f"({exc}); set w_p = 0 to guide without it") from exc
-            try:
-                perceptual = load_lpips(net="alex", device=self.device)
-            except Exception as exc:  # the metrics module's PerceptualWeightsMissing, re-labelled
-                if type(exc).__name__ != "PerceptualWeightsMissing":
-                    raise
-                raise ConfigError(
-                    f"w_p={self.settings.w_p}: the LPIPS term needs offline backbone weights, which "
-                    f"are missing ({exc}); install them or set w_p = 0") from exc
+            require_perceptual_weights(self.settings.w_p, weights_dir)
+            from ..metrics.lpips import load_lpips
+
+            perceptual = load_lpips(net="alex", weights_dir=weights_dir, device=self.device)
         if isinstance(perceptual, torch.nn.Module) and _holds_inference_tensors(perceptual):
             # autograd cannot save inference tensors for backward: use a normal copy
             perceptual = private_module_copy(perceptual, self.device)

@@ -22,7 +22,7 @@ import torch
 from ..errors import IndigoError
 
 __all__ = ["PerceptualWeightsMissing", "FILES", "FORMAT", "METRICS_SUBDIR", "TORCHVISION_CACHE_FILES",
-           "search_dirs", "find_weights_file", "load_backbone_state", "load_dists_alpha_beta", "converter_command"]
+           "search_dirs", "find_weights_file", "locate_backbone", "load_backbone_state", "load_dists_alpha_beta", "converter_command"]
 
 FORMAT = "indigo-metrics/1"
 METRICS_SUBDIR = "metrics"
@@ -95,18 +95,27 @@ def _read_torchvision_cache(path: Path) -> dict[str, torch.Tensor]:
     return {k[len("features."):]: v.float().contiguous() for k, v in state.items() if k.startswith("features.")}
 
 
-def load_backbone_state(net: str, weights_dir: str | Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict in torchvision `features` layout, a description of its origin) for "alex" | "vgg".
-    Raises PerceptualWeightsMissing when neither a converted file nor torchvision's cache exists."""
+def locate_backbone(net: str, weights_dir: str | Path | None = None) -> Path:
+    """The file the "alex" | "vgg" backbone would be read from (a converted file, else torchvision's
+    cache), without reading it. Raises PerceptualWeightsMissing when there is neither."""
     if net not in TORCHVISION_CACHE_FILES:
         raise IndigoError(f"backbone: expected 'alex' or 'vgg', got {net!r}")
     path = find_weights_file(net, weights_dir)
     if path is not None:
-        return _read_safetensors(path), str(path)
+        return path
     cached = Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_CACHE_FILES[net]
     if cached.is_file():
-        return _read_torchvision_cache(cached), str(cached)
+        return cached
     raise _missing(net, weights_dir)
+
+
+def load_backbone_state(net: str, weights_dir: str | Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict in torchvision `features` layout, a description of its origin) for "alex" | "vgg".
+    Raises PerceptualWeightsMissing when neither a converted file nor torchvision's cache exists."""
+    path = locate_backbone(net, weights_dir)
+    if path.name == FILES[net]:
+        return _read_safetensors(path), str(path)
+    return _read_torchvision_cache(path), str(path)
 
 
 def load_dists_alpha_beta(weights_dir: str | Path | None = None) -> tuple[dict[str, torch.Tensor], str]:

@@ -100,7 +100,8 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     device = pick_device(args.device)
     setup_torch(device, args.threads)
     out = Path(args.out)
-    check_out_dir(out, [VAE_FILE, VAE_CARD], args.overwrite)
+    check_out_dir(out, [VAE_FILE, VAE_CARD], args.overwrite, run_files=[CKPT_FILE, LOG_FILE, RECON_FILE],
+                  log_file=LOG_FILE, resume=args.resume, ckpt_file=CKPT_FILE)
     torch.manual_seed(args.seed)
 
     images = load_images(train_files, args.crop, device)

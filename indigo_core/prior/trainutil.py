@@ -167,9 +167,21 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def check_out_dir(out: Path, names: Iterable[str], overwrite: bool) -> None:
-    """Refuse to overwrite earlier results unless asked."""
-    clash = [n for n in names if (out / n).exists()]
+def check_out_dir(out: Path, names: Iterable[str], overwrite: bool, run_files: Iterable[str] = (),
+                  log_file: Optional[str] = None, resume: Optional[str] = None, ckpt_file: Optional[str] = None) -> None:
+    """Refuse to overwrite earlier results unless asked.
+
+    names: the run's final files. run_files: what a run writes on its way (its checkpoint, log,
+    images): an interrupted run's checkpoint is its only resume point, so these are guarded too,
+    unless this run resumes from `out`/`ckpt_file` itself (then they are its own, and the log goes
+    on). With --overwrite and a fresh start the old `log_file` is removed, so two runs never mix in
+    one log."""
+    in_place = resume is not None and ckpt_file is not None and Path(resume).resolve() == (out / ckpt_file).resolve()
+    guarded = list(names) + ([] if in_place else list(run_files))
+    clash = [n for n in guarded if (out / n).exists()]
     if clash and not overwrite:
-        raise TrainingError(f"{out}: would overwrite {clash}; pass --overwrite or choose another --out")
+        raise TrainingError(f"{out}: would overwrite {clash}; pass --overwrite, resume with --resume "
+                            f"{out / ckpt_file if ckpt_file else '<checkpoint>'}, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    if log_file is not None and not in_place and (out / log_file).exists():
+        (out / log_file).unlink()

@@ -351,17 +351,28 @@ def test_validation_errors_name_expected_and_got():
         run.step(torch.randn(1, 4, 8, 9), 0, 4)
 
 
-def test_missing_lpips_is_a_clear_error_unless_w_p_zero(monkeypatch):
-    import indigo_core.metrics.lpips as lp
-    from indigo_core.metrics import PerceptualWeightsMissing
+def test_missing_lpips_is_a_clear_error_unless_w_p_zero_and_a_weights_dir_is_searched_first(monkeypatch, tmp_path):
+    import shutil
 
-    def missing(*a, **k):
-        raise PerceptualWeightsMissing("lpips_alex.safetensors not found")
+    import indigo_core.metrics.weights as W
+    from indigo_core.guidance.run import require_perceptual_weights
 
-    monkeypatch.setattr(lp, "load_lpips", missing)
+    found = W.locate_backbone("alex")  # the suite's converted weights
+    monkeypatch.delenv("INDIGO_METRICS_DIR", raising=False)
+    monkeypatch.delenv("INDIGO_MODELS_DIR", raising=False)
+    monkeypatch.setattr(W, "PACK_ROOT", tmp_path / "pack")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     inn, y, _ = _pixel_case(h=4)
     kw = dict(measurement=y, latent_shape=(1, 4, 4, 4), autoencoder=AE, inn=inn)
     with pytest.raises(ConfigError, match=r"w_p=1.0.*LPIPS.*missing.*set w_p = 0"):
         GuidanceRun(GuidanceSettings(mode="pixel_inn", w_p=1.0), **kw)
+    with pytest.raises(ConfigError, match=r"w_p=0.5.*lpips_alex_backbone.safetensors not found"):
+        require_perceptual_weights(0.5, tmp_path / "models")
     run = GuidanceRun(GuidanceSettings(mode="pixel_inn", w_p=0.0), **kw)
     assert run.perceptual is None
+    # a host's model folder: its metrics/ subfolder is searched first
+    (tmp_path / "models" / "metrics").mkdir(parents=True)
+    shutil.copy(found, tmp_path / "models" / "metrics" / found.name)
+    require_perceptual_weights(1.0, tmp_path / "models")
+    run = GuidanceRun(GuidanceSettings(mode="pixel_inn", w_p=1.0), perceptual_weights_dir=tmp_path / "models", **kw)
+    assert run.perceptual is not None and run.perceptual.source == str(tmp_path / "models" / "metrics" / found.name)

@@ -85,6 +85,27 @@ def test_train_autoencoder_then_unet(photos, tmp_path) -> None:
     assert Image.open(out / "unet_samples.png").size == (128, 64)  # two 64 px samples side by side
 
 
+def test_an_interrupted_runs_checkpoint_and_log_are_not_overwritten(tmp_path) -> None:
+    """A new run in the folder of an interrupted one (checkpoint and log, no final weights) is refused;
+    resuming from that checkpoint continues its log; --overwrite starts a fresh log."""
+    from indigo_core.prior.trainutil import check_out_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "unet_ckpt.pt").write_bytes(b"resume point")
+    (out / "unet_log.csv").write_text("step\n1\n")
+    kw = dict(run_files=["unet_ckpt.pt", "unet_log.csv", "unet_samples.png"], log_file="unet_log.csv",
+              ckpt_file="unet_ckpt.pt")
+    with pytest.raises(TrainingError, match=r"unet_ckpt.pt.*--resume"):
+        check_out_dir(out, ["indigo-prior-unet.safetensors"], False, **kw)
+    with pytest.raises(TrainingError, match="unet_log.csv"):  # resuming from a checkpoint elsewhere
+        check_out_dir(out, ["indigo-prior-unet.safetensors"], False, resume=str(tmp_path / "other.pt"), **kw)
+    check_out_dir(out, ["indigo-prior-unet.safetensors"], False, resume=str(out / "unet_ckpt.pt"), **kw)
+    assert (out / "unet_log.csv").read_text() == "step\n1\n" and (out / "unet_ckpt.pt").is_file()
+    check_out_dir(out, ["indigo-prior-unet.safetensors"], True, **kw)
+    assert not (out / "unet_log.csv").exists()
+
+
 def test_budget_bounds_and_schedule() -> None:
     with pytest.raises(TrainingError):
         Budget(None, None)

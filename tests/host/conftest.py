@@ -75,6 +75,12 @@ def comfy_inprocess(comfyui_path: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def errors(comfy_inprocess):
+    """The pack's error module as the loaded pack sees it (its classes are the ones raised)."""
+    return comfy_inprocess.module("indigo_core.errors")
+
+
+@pytest.fixture(scope="session")
 def comfy_server(comfyui_path: Path, tmp_path_factory: pytest.TempPathFactory):
     """A ComfyUI server subprocess with the pack; see module docstring."""
     timeout = float(os.environ.get("INDIGO_SERVER_TIMEOUT", "90"))

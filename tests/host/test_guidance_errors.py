@@ -15,11 +15,6 @@ import models as M
 
 
 @pytest.fixture(scope="module")
-def errors(comfy_inprocess):
-    return comfy_inprocess.module("indigo_core.errors")
-
-
-@pytest.fixture(scope="module")
 def pixel_scene(comfy_inprocess):
     return gh.make_scene(comfy_inprocess, "pixel", latent_hw=8, seed=8)
 
