@@ -30,6 +30,10 @@ refine.lr          5e-5                   INDIGO+ (one Adam step per diffusion s
 colour_fix         "none"                 ours (a colour fix changes PSNR; users opt in)
 =================  =====================  ========================================================
 
+These are the Python API's defaults. The ComfyUI nodes start from their own (zeta 0.3, max_step
+0.1, the rest as here; their help pages list them), and the restore CLI from the values tuned for
+the bundled models (`indigo_core.restore.pipeline.default_settings`, docs/RESTORE.md).
+
 Loss normalisation (gradient modes). Per batch item i the guidance objective is a norm-like
 quantity that is zero at data consistency:
 
