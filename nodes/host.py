@@ -138,7 +138,8 @@ def soft_empty_cache() -> None:
 
 
 def send_event(event: str, data: dict) -> None:
-    """Send a message to every connected frontend (e.g. per-step plot values).
+    """Send a message (e.g. per-step plot values) to the frontend that queued the running prompt,
+    as ComfyUI sends its own progress: to every frontend only when the prompt came without a client id.
 
     Does nothing when ComfyUI runs without its web server (in-process use, scripts).
     """
@@ -146,7 +147,7 @@ def send_event(event: str, data: dict) -> None:
 
     instance = getattr(server.PromptServer, "instance", None)
     if instance is not None:
-        instance.send_sync(event, data)
+        instance.send_sync(event, data, getattr(instance, "client_id", None))
 
 
 def add_json_route(path: str, handler) -> bool:

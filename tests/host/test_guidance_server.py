@@ -165,7 +165,8 @@ def test_broken_estimator_file_returns_the_packs_error(comfy_server, files):
 
 
 def test_per_step_values_reach_the_frontend(comfy_server, files):
-    """The Guided KSampler sends one 'indigo.progress' message per step over the websocket."""
+    """The Guided KSampler sends one 'indigo.progress' message per step over the websocket, to the
+    frontend that queued the prompt only (as ComfyUI's own progress): another one gets none."""
     import asyncio
     import json
     import uuid
@@ -176,10 +177,23 @@ def test_per_step_values_reach_the_frontend(comfy_server, files):
     graph = _graph("guided", inn=INN_PIXEL, extra={"max_step": 0.0})
     graph["s"]["inputs"]["steps"] = 3
 
+    async def drain(ws) -> list:
+        got = []
+        while True:
+            try:
+                msg = await asyncio.wait_for(ws.receive(), timeout=1.0)
+            except asyncio.TimeoutError:
+                return got
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                got.append(json.loads(msg.data)["type"])
+            elif msg.type != aiohttp.WSMsgType.BINARY:
+                return got
+
     async def collect():
         events = []
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{comfy_server.url}/ws?clientId={client_id}") as ws:
+            async with session.ws_connect(f"{comfy_server.url}/ws?clientId={client_id}") as ws, \
+                    session.ws_connect(f"{comfy_server.url}/ws?clientId={uuid.uuid4()}") as bystander:
                 async with session.post(f"{comfy_server.url}/prompt",
                                         json={"prompt": graph, "client_id": client_id}) as resp:
                     assert resp.status == 200, await resp.text()
@@ -193,9 +207,10 @@ def test_per_step_values_reach_the_frontend(comfy_server, files):
                     done = data["type"] in ("execution_success", "execution_error") and \
                         data["data"].get("prompt_id") == prompt_id
                     if done:
-                        return events
+                        return events, await drain(bystander)
 
-    events = asyncio.run(collect())
+    events, seen_by_bystander = asyncio.run(collect())
+    assert "status" in seen_by_bystander and "indigo.progress" not in seen_by_bystander, seen_by_bystander
     assert events[-1]["type"] == "execution_success", events[-1]
     ours = [e["data"] for e in events if e["type"] == "indigo.progress"]
     assert [e["step"] for e in ours] == [0, 1, 2]
