@@ -310,6 +310,18 @@ def test_workflow_loads_cleanly(ui, comfy_server, name) -> None:
                 assert value[0] in prompt, f"{name} #{node_id}.{key} links to a node not in the prompt"
             elif key not in FILE_INPUTS and allowed[key][0] == "COMBO":
                 assert value in allowed[key][1]["options"], f"{name} #{node_id}.{key} = {value!r} is not an option"
+    # the file itself is current: every socket input the node has now is saved in it (the editor
+    # adds missing ones back on load, but a shared file should be what the editor writes today)
+    widget_types = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+    for node in WORKFLOWS[name]["nodes"]:
+        spec = info.get(node["type"])
+        if spec is None:
+            continue  # frontend-only nodes (notes)
+        inputs = {**spec["input"].get("required", {}), **spec["input"].get("optional", {})}
+        sockets = {k for k, v in inputs.items() if isinstance(v[0], str) and v[0] not in widget_types}
+        saved = {i["name"] for i in node.get("inputs", [])}
+        assert sockets <= saved, (f"{name} #{node['id']} {node['type']}: saved without the inputs {sockets - saved}; "
+                                  "rerun tools/make_workflows.py")
     assert ui.errors(mark) == [], f"{name}: console errors"
 
 
