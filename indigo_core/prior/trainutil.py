@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingError
+from ..io.digest import file_sha256
 
 log = logging.getLogger("indigo_core.prior.train")
 
@@ -145,11 +145,8 @@ def now_utc() -> str:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hex SHA-256 of a file (for model cards)."""
+    return file_sha256(path)
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..inn.config import INNConfig
 from ..inn.network import WaveletINN
+from ..io.digest import file_sha256
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -80,11 +81,12 @@ def load_frozen_estimator(path: Optional[str], device: torch.device) -> Optional
 
 
 def file_fingerprint(path: Optional[str]) -> Optional[str]:
-    """"name:size" of a file, for resume checks (cheap; not a content hash)."""
+    """"name:sha256-prefix" of a file, for resume checks and caches: a file replaced by another of
+    the same name and size is told apart."""
     if not path:
         return None
     p = Path(path)
-    return f"{p.name}:{p.stat().st_size}" if p.exists() else str(p)
+    return f"{p.name}:{file_sha256(p)[:16]}" if p.is_file() else str(p)
 
 
 class _AutocastScope:
@@ -133,6 +135,20 @@ def save_inn_export(inn: WaveletINN, path: Path, card: dict, overwrite: bool) ->
     return save_inn(inn, path, extra_metadata=meta, overwrite=overwrite)
 
 
+def non_negative(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def add_inn_arguments(p, domain: str) -> None:
     """Arguments the PixelINN and LatentINN trainers share."""
     g = p.add_argument_group("INN")
@@ -146,7 +162,7 @@ def add_inn_arguments(p, domain: str) -> None:
                    help="degradation estimator file (pack safetensors or KDSR .pth); gamma = F(y) "
                         "conditions the INN. Without it the INN is trained unconditioned (gamma = None)")
     g.add_argument("--loss", choices=("l1", "l2"), default=None, help="norm of L_fwd and L_inv (default l1)")
-    g.add_argument("--lambda-inv", type=float, default=None, help="weight of L_inv (default 1.0)")
+    g.add_argument("--lambda-inv", type=non_negative, default=None, help="weight of L_inv (default 1.0)")
 
 
 def mask_inert_key_bias(model: nn.Module) -> int:

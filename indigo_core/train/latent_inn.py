@@ -341,7 +341,7 @@ class LatentINNTask(Task):
                 "lambda_inv": a.lambda_inv, "crop": a.crop, "flips": a.flips, "scale": self.scale,
                 "crops_per_image": a.crops_per_image, "vae": file_fingerprint(a.vae),
                 "degradation": self.degrader.describe(), "estimator": file_fingerprint(a.estimator),
-                "data": self.images.fingerprint()}
+                "data": self.images.fingerprint(), "val_degradation": a.val_degradation}
 
     def card(self) -> dict[str, Any]:
         a = self.args

@@ -160,6 +160,16 @@ class LoopOptions:
             raise bad(f"--amp: expected one of {AMP_MODES}, got {self.amp!r}")
         if self.stop_at < 0 or self.log_every < 1 or self.ckpt_every < 0 or self.val_every < 0:
             raise bad("--stop-at, --ckpt-every, --val-every must be >= 0 and --log-every >= 1")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise bad(f"--min-lr-ratio: expected a number in [0, 1], got {self.min_lr_ratio}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise bad(f"--beta1/--beta2: expected numbers in [0, 1), got {tuple(self.betas)}")
+        for flag, value in (("--weight-decay", self.weight_decay), ("--grad-clip", self.grad_clip)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise bad(f"{flag}: expected a number >= 0, got {value}")
+        for flag, value in (("--warmup-steps", self.warmup_steps), ("--keep-checkpoints", self.keep_checkpoints)):
+            if value < 0:
+                raise bad(f"{flag}: expected >= 0, got {value}")
 
 
 def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
@@ -355,38 +365,65 @@ class _StopFlag:
 
 
 # ---------------------------------------------------------------------- output folder
-def prepare_output(out: Path, opts: LoopOptions, task: Task, info: DistInfo) -> Optional[Path]:
-    """Apply the output rule; returns the checkpoint to resume from (or None).
+def prepare_output(out: Path, opts: LoopOptions, task: Task) -> tuple[Optional[Path], list[Path]]:
+    """Apply the output rule; returns (the checkpoint to resume from or None, the earlier run's
+    files that --overwrite replaces). Nothing is deleted here: `clear_previous_run` does that once
+    the new run has been set up without error.
 
-    * --resume: resume from out/checkpoints/last.pt (or the given file); error if missing.
-    * otherwise, if out already holds this run's files: error unless --overwrite, which deletes
-      exactly those files (nothing else in the folder is touched).
+    * --resume (no path, or out/checkpoints/last.pt): continue the run in out; error if missing.
+    * otherwise (a fresh start, or a resume from another folder's checkpoint), if out already holds
+      a run's files: error unless --overwrite, which replaces exactly those files (nothing else in
+      the folder is touched).
     """
     ckpt_dir = out / "checkpoints"
+    resume = None
     if opts.resume:
-        path = ckpt_dir / "last.pt" if opts.resume == "auto" else Path(opts.resume)
-        if not path.is_file():
-            raise TrainingError(f"--resume: no checkpoint at {path}")
-        return path
+        resume = ckpt_dir / "last.pt" if opts.resume == "auto" else Path(opts.resume)
+        if not resume.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {resume}")
+        if resume.resolve() == (ckpt_dir / "last.pt").resolve():
+            return resume, []  # this folder's own run goes on
     ours = [out / "train_log.csv", out / "val_log.csv", out / f"{opts.name}.card.json"]
     ours += task.output_files(out, opts.name)
     existing = [p for p in ours if p.exists()]
-    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+    if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.pt")):
         existing.append(ckpt_dir)
     if existing and not opts.overwrite:
+        how = (f"resuming from {resume} would replace it" if resume is not None else
+               f"pass --resume to continue it")
         raise TrainingError(
             f"output folder {out} already holds a run ({', '.join(p.name for p in existing[:4])}); "
-            f"pass --resume to continue it, --overwrite to replace it, or choose another --out"
+            f"{how}; pass --overwrite to replace it, or choose another --out"
         )
-    info.barrier()  # every rank has checked before rank 0 deletes anything
+    return resume, existing
+
+
+def clear_previous_run(existing: list[Path], info: DistInfo) -> None:
+    """Delete the earlier run's files (`prepare_output`) on rank 0, after every rank is set up."""
+    info.barrier()
     if existing and info.main:
         for p in existing:
             if p.is_dir():
                 for f in p.glob("*.pt"):
                     f.unlink()
-            else:
+            elif p.exists():
                 p.unlink()
-    return None
+    info.barrier()
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """A training checkpoint of this pack (weights-only load), or TrainingError naming the file."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign files: torch raises several kinds
+        raise TrainingError(f"{path}: not a readable training checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path}: not a training checkpoint of this pack")
+    missing = [k for k in ("signature", "model", "optimizer", "scheduler", "scaler", "rng_cpu", "step", "elapsed_s")
+               if k not in ckpt]
+    if missing:
+        raise TrainingError(f"{path}: a training checkpoint without {missing}")
+    return ckpt
 
 
 # ---------------------------------------------------------------------- the loop
@@ -399,7 +436,7 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
     info.barrier()
-    resume_path = prepare_output(out, opts, task, info)
+    resume_path, previous_run = prepare_output(out, opts, task)
     info.barrier()
 
     amp = amp_dtype(opts.amp, info.device)
@@ -426,9 +463,7 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
                  "warmup_steps": opts.warmup_steps, "min_lr_ratio": opts.min_lr_ratio,
                  "grad_clip": opts.grad_clip, "weight_decay": opts.weight_decay, **task.signature()}
     if resume_path is not None:
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise TrainingError(f"{resume_path}: not a training checkpoint of this pack")
+        ckpt = _read_checkpoint(resume_path)
         saved = ckpt["signature"]
         diff = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
         # A different process count is fine when the global batch is the same.
@@ -454,6 +489,8 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
             raise TrainingError(f"{resume_path}: checkpoint is at step {step}, beyond --steps {opts.steps}")
         if info.main:
             log.info("resuming from %s at step %d", resume_path, step)
+
+    clear_previous_run(previous_run, info)  # only now: a run that fails to start loses nothing
 
     if info.initialised:
         # Buffers (wavelet filters, attention masks) are identical constants on every rank: no

@@ -159,7 +159,7 @@ class PixelINNTask(Task):
         return {"inn": self.inn.config.to_dict(), "init": file_fingerprint(a.init), "loss": a.loss,
                 "lambda_inv": a.lambda_inv, "crop": a.crop, "flips": a.flips,
                 "degradation": self.degrader.describe(), "estimator": file_fingerprint(a.estimator),
-                "data": self.images.fingerprint()}
+                "data": self.images.fingerprint(), "val_degradation": a.val_degradation}
 
     def card(self) -> dict[str, Any]:
         a = self.args

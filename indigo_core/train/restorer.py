@@ -103,7 +103,8 @@ class RestorerTask(Task):
     def signature(self) -> dict[str, Any]:
         a = self.args
         return {"restorer": self.net.config.to_dict(), "loss": a.loss, "crop": a.crop, "flips": a.flips,
-                "degradation": self.degrader.describe(), "data": self.images.fingerprint()}
+                "degradation": self.degrader.describe(), "data": self.images.fingerprint(),
+                "val_degradation": a.val_degradation}
 
     def card(self) -> dict[str, Any]:
         a = self.args

@@ -91,3 +91,31 @@ def test_resume_refuses_other_settings_and_overwrite_replaces(crops, tmp_path):
     done = run(argv(crops, out, "--steps", "2", "--overwrite"))
     assert done["step"] == 2 and (out / "pixel_inn.safetensors").is_file()
     assert len(losses(out)) == 2
+
+
+def test_a_run_that_fails_to_start_or_resumes_another_folders_run_loses_nothing(crops, tmp_path):
+    """--overwrite replaces the earlier run only once the new one is set up; a checkpoint of another
+    folder does not resume into a folder holding a run; a broken checkpoint and out-of-range options
+    are named."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(argv(crops, a, "--steps", "2", "--stop-at", "1"))
+    run(argv(crops, b, "--steps", "2"))
+    kept = {p.relative_to(b): p.read_bytes() for p in b.rglob("*") if p.is_file()}
+    with pytest.raises(Exception, match="nope.safetensors"):
+        run(argv(crops, b, "--steps", "2", "--overwrite", "--estimator", str(tmp_path / "nope.safetensors")))
+    with pytest.raises(TrainingError, match=r"already holds a run.*resuming from .*a/checkpoints/last.pt would replace it"):
+        run(argv(crops, b, "--steps", "2", "--resume", str(a / "checkpoints" / "last.pt")))
+    for bad, flag in ((["--min-lr-ratio", "-1"], "--min-lr-ratio"), (["--beta1", "1.5"], "--beta1"),
+                      (["--weight-decay", "-1"], "--weight-decay"), (["--overwrite", "--grad-clip", "-2"], "--grad-clip")):
+        with pytest.raises(TrainingError, match=flag):
+            run(argv(crops, b, "--steps", "2", *bad))
+    assert {p.relative_to(b): p.read_bytes() for p in b.rglob("*") if p.is_file()} == kept
+    with pytest.raises(SystemExit):
+        run(argv(crops, tmp_path / "c", "--lambda-inv", "-1"))
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((a / "checkpoints" / "last.pt").read_bytes()[:300])
+    with pytest.raises(TrainingError, match=r"broken.pt: not a readable training checkpoint"):
+        run(argv(crops, tmp_path / "d", "--steps", "2", "--resume", str(broken)))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(TrainingError, match=r"list.pt: not a training checkpoint of this pack"):
+        run(argv(crops, tmp_path / "e", "--steps", "2", "--resume", str(tmp_path / "list.pt")))
