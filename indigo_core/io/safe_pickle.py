@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -56,7 +57,14 @@ def _int_tuple(value: Any) -> bool:
     return isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its opcode table can be changed, the C one's cannot) with an
+    allow-list of globals, storages read from the archive, and BUILD (which would call an object's
+    __setstate__, e.g. Tensor.__setstate__ -> set_/resize) limited to what state dicts need: a dict
+    state on an OrderedDict (its _metadata)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, data: bytes, path: Path, read_record: Callable[[str], bytes]) -> None:
         super().__init__(io.BytesIO(data))
         self._path = path
@@ -80,6 +88,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
             self._path,
             f"refused to load global '{module}.{name}': only tensors and plain containers are allowed",
         )
+
+    def load_build(self) -> None:
+        state, target = self.stack[-1], self.stack[-2]
+        if not (type(target) is OrderedDict and isinstance(state, dict)
+                and all(isinstance(k, str) for k in state)):
+            raise UnsafePickleError(
+                self._path, f"refused to set the state of a {type(target).__name__} from a "
+                            f"{type(state).__name__}: only an OrderedDict's attributes may be set")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     # -- storages ---------------------------------------------------------------
     def persistent_load(self, pid: Any) -> Tensor:
@@ -147,13 +166,17 @@ def safe_load(path: PathLike) -> Any:
                 name = f"{prefix}data/{key}"
                 if name not in names:
                     raise WeightsFileError(path, f"storage record {key!r} is missing from the archive")
+                if zf.getinfo(name).compress_type != zipfile.ZIP_STORED:
+                    raise WeightsFileError(path, f"storage record {key!r} is compressed (torch stores them "
+                                                 "uncompressed): not a checkpoint torch wrote")
                 return zf.read(name)
 
             return _RestrictedUnpickler(zf.read(pkl[0]), path, read_record).load()
     except WeightsFileError:
         raise
     except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError,
-            KeyError, AttributeError, OverflowError, RecursionError) as exc:
+            KeyError, AttributeError, OverflowError, RecursionError, RuntimeError, MemoryError,
+            struct.error) as exc:
         # a damaged pickle stream surfaces as any of these from the unpickler
         raise WeightsFileError(path, f"corrupt checkpoint ({type(exc).__name__}: {exc})") from exc
 

@@ -158,6 +158,36 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+class _ResizingTensor:
+    """Pickles as a tensor followed by BUILD with a (storage, offset, size, stride) state, which
+    Tensor.__setstate__ would apply with set_ (resizing an empty storage to any size)."""
+
+    def __reduce__(self):  # type: ignore[override]
+        empty = torch.zeros(0).untyped_storage()
+        typed = torch.storage.TypedStorage(wrap_storage=empty, dtype=torch.float32, _internal=True)
+        return (torch._utils._rebuild_tensor_v2, (typed, 0, (0,), (1,), False, OrderedDict()),
+                (typed, 0, (50_000_000,), (1,)))
+
+
+class _OddState:
+    def __reduce__(self):  # type: ignore[override]
+        return (OrderedDict, (), ("not", "a dict"))
+
+
+def test_build_is_limited_to_a_state_dicts_metadata(tmp_path: Path) -> None:
+    """BUILD (an object's __setstate__) only sets an OrderedDict's attributes, as state_dict()'s
+    _metadata needs; on a tensor it could resize storage or set requires_grad and is refused."""
+    state = torch.nn.Linear(2, 3).state_dict()
+    path = tmp_path / "sd.pth"
+    torch.save(state, path)
+    got = safe_load(path)
+    assert got._metadata == state._metadata and all(torch.equal(got[k], state[k]) for k in state)
+    for name, obj, what in (("resize.pth", _ResizingTensor(), "Tensor"), ("odd.pth", _OddState(), "OrderedDict")):
+        torch.save({"w": obj}, tmp_path / name)
+        with pytest.raises(UnsafePickleError, match=rf"{name}: refused to set the state of a {what} from a tuple"):
+            safe_load(tmp_path / name)
+
+
 def test_non_tensor_objects_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "module.pth"
     torch.save({"net": torch.nn.Linear(2, 2)}, path)
