@@ -92,12 +92,16 @@ def read_header(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     if not isinstance(header, dict):
         raise WeightsFileError(path, "not a safetensors file (header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not (isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise WeightsFileError(path, "not a safetensors file (__metadata__ is not a mapping of strings)")
     data_len = 0
     for name, entry in header.items():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2):
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
             raise WeightsFileError(path, f"not a safetensors file (bad entry for {name!r})")
-        data_len = max(data_len, int(offsets[1]))
+        data_len = max(data_len, offsets[1])
     if 8 + n + data_len > size:
         raise WeightsFileError(path, f"truncated: tensor data needs {8 + n + data_len} bytes, file has {size}")
     return header, metadata
@@ -130,9 +134,13 @@ def check_state_dict(
 ) -> None:
     """Raise WeightsFileError listing missing, unexpected and mis-shaped tensors.
 
-    expected: a module (its state dict) or a mapping {key: shape}."""
+    expected: a module (its state dict; then the kind of dtype is checked too: a floating-point
+    weight must be stored as floating point, an integer buffer as integers) or a mapping {key: shape}."""
+    floating: dict[str, bool] = {}
     if isinstance(expected, nn.Module):
-        expected = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+        state = expected.state_dict()
+        floating = {k: v.is_floating_point() for k, v in state.items()}
+        expected = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     misshaped = sorted(
@@ -140,8 +148,14 @@ def check_state_dict(
         for k in set(expected) & set(tensors)
         if tuple(tensors[k].shape) != tuple(expected[k])
     )
+    mistyped = sorted(
+        f"{k}: file {str(tensors[k].dtype).replace('torch.', '')}, expected {'floating point' if floating[k] else 'integers'}"
+        for k in set(floating) & set(tensors)
+        if tensors[k].is_floating_point() != floating[k]
+    )
     problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
+                         ("mis-typed", mistyped)):
         if items:
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
             problems.append(f"{len(items)} {label} tensor(s): {', '.join(items[:5])}{more}")

@@ -99,6 +99,31 @@ def _write_raw(path: Path, tensors: dict, metadata: dict) -> Path:
     return path
 
 
+def _with_header(path: Path, good: Path, edit) -> Path:
+    """A copy of safetensors file `good` whose JSON header went through `edit(dict) -> dict`."""
+    raw = good.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = edit(json.loads(raw[8:8 + n]))
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+    return path
+
+
+def test_malformed_headers_are_named(tmp_path: Path, small_inn: WaveletINN) -> None:
+    good = save_inn(small_inn, tmp_path / "good.safetensors")
+    first = next(k for k in json.loads(good.read_bytes()[8:8 + int.from_bytes(good.read_bytes()[:8], "little")])
+                 if k != "__metadata__")
+    cases = {
+        "offsets_text": lambda h: {**h, first: {**h[first], "data_offsets": ["x", "y"]}},
+        "offsets_null": lambda h: {**h, first: {**h[first], "data_offsets": [0, None]}},
+        "offsets_reversed": lambda h: {**h, first: {**h[first], "data_offsets": [8, 4]}},
+        "metadata_list": lambda h: {**h, "__metadata__": [1, 2]},
+    }
+    for name, edit in cases.items():
+        with pytest.raises(WeightsFileError, match=f"{name}.safetensors: not a safetensors file"):
+            load_inn(_with_header(tmp_path / f"{name}.safetensors", good, edit))
+
+
 def test_unknown_format_version_and_format(tmp_path: Path, small_inn: WaveletINN) -> None:
     sd = small_inn.state_dict()
     cfg = small_inn.config.to_json()
@@ -128,6 +153,11 @@ def test_tensors_that_do_not_match_the_config(tmp_path: Path, small_inn: Wavelet
     extra = dict(sd, **{"lifts.9.0.predict.convin.weight": torch.zeros(3)})
     with pytest.raises(WeightsFileError, match="1 unexpected tensor.*lifts.9.0.predict.convin.weight"):
         load_inn(_write_raw(tmp_path / "extra.safetensors", extra, meta))
+    # integers where weights are floating point (loaded silently before)
+    key = "lifts.0.0.predict.convin.weight"
+    ints = dict(sd, **{key: sd[key].round().to(torch.int64)})
+    with pytest.raises(WeightsFileError, match=f"ints.safetensors.*1 mis-typed tensor.*{key}: file int64, expected floating point"):
+        load_inn(_write_raw(tmp_path / "ints.safetensors", ints, meta))
     # a latent-small file's tensors under a pixel-small config: 4 vs 3 channels
     latent = WaveletINN(INNConfig.preset("latent-small")).state_dict()
     with pytest.raises(WeightsFileError, match="shaped.safetensors.*mis-shaped.*convin.weight"):
