@@ -10,11 +10,13 @@ by the evaluation itself: both are made by `markdown_table` from the rows.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import DatasetError
+from ..io.atomic import atomic_write, atomic_write_bytes
 
 __all__ = ["COLUMNS", "METRICS", "SET_ROW", "write_csv", "read_csv", "summarise", "markdown_table",
            "comparison_grid", "LEVEL_ORDER"]
@@ -33,12 +35,14 @@ def _fmt_value(v) -> str:
 
 
 def write_csv(rows: Iterable[dict], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (_fmt_value(r.get(k)) if k in METRICS + ("fid",) else r.get(k, "") or "")
-                        for k in COLUMNS})
+    """The rows as `path` (written whole or not at all)."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (_fmt_value(r.get(k)) if k in METRICS + ("fid",) else r.get(k, "") or "")
+                    for k in COLUMNS})
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 
 def read_csv(path: str | Path) -> list[dict]:
@@ -168,4 +172,4 @@ def comparison_grid(columns: list[tuple[str, list]], path: Path, *, cell: int = 
                 draw.text((x, y + cell + 2), captions[(r, c)], fill=(0, 0, 0), font=font)
             y += cell + cap + pad
         x += col_w[c] + pad
-    canvas.save(path, format="PNG")
+    atomic_write(path, lambda fh: canvas.save(fh, format="PNG"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..errors import ConfigError, DatasetError, IndigoError
+from ..io.atomic import atomic_write_text
 from .distributed import DistContext, init_distributed
 from .folders import list_images, load_image, match_folders
 from .report import SET_ROW, comparison_grid, markdown_table, write_csv
@@ -89,7 +92,7 @@ def _make_inputs(opts: EvalOptions, folder: Path) -> None:
 
     params = preset(opts.level)
     gt = list_images(opts.gt, "ground-truth folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    _fresh_folder(folder)
     g = torch.Generator().manual_seed(opts.seed)
     for name in sorted(gt):
         x = load_image(gt[name])
@@ -99,10 +102,18 @@ def _make_inputs(opts: EvalOptions, folder: Path) -> None:
     log.info("wrote %d %s inputs to %s", len(gt), opts.level, folder)
 
 
+def _fresh_folder(folder: Path) -> None:
+    """An empty `folder`: an earlier run's folder (replaced under --overwrite, already checked) is
+    removed first, so none of its files can be read as this run's."""
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def _run_restore(name: str, command: str, inputs: Path, output: Path) -> None:
-    output.mkdir(parents=True, exist_ok=True)
     if "{input}" not in command or "{output}" not in command:
         raise ConfigError(f"restore command for {name!r}: expected {{input}} and {{output}} placeholders, got {command!r}")
+    _fresh_folder(output)
     argv = [a.replace("{input}", str(inputs)).replace("{output}", str(output)) for a in shlex.split(command)]
     log.info("restoring with %s: %s", name, " ".join(argv))
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -168,12 +179,6 @@ class _Metrics:
         return self.fid_features(img.to(self.device)).reshape(-1).double().cpu().numpy()
 
 
-def _device(opts: EvalOptions, ctx: DistContext) -> torch.device:
-    if opts.device:
-        return torch.device(opts.device)
-    return torch.device(f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu")
-
-
 def evaluate(opts: EvalOptions, *, fid_extractor: Callable | None = None,
              ctx: DistContext | None = None) -> EvalOutcome | None:
     """Run the evaluation (sharded when started by torchrun). Returns the outcome on rank 0,
@@ -187,6 +192,9 @@ def evaluate(opts: EvalOptions, *, fid_extractor: Callable | None = None,
     clash = set(opts.results) & set(opts.restore)
     if clash:
         raise ConfigError(f"method names must be unique; {sorted(clash)} name both a results folder and a restore command")
+    if opts.grid_cell < 16 or opts.grid_rows < 0 or opts.crop_border < 0 or opts.fid_min_images < 2:
+        raise ConfigError(f"expected --grid-cell >= 16, --grid-rows >= 0, --crop-border >= 0 and --fid-min-images >= 2, "
+                          f"got {opts.grid_cell}, {opts.grid_rows}, {opts.crop_border} and {opts.fid_min_images}")
     own_ctx = ctx is None
     ctx = ctx or init_distributed()
     try:
@@ -202,6 +210,10 @@ def _evaluate(opts: EvalOptions, ctx: DistContext, fid_extractor) -> EvalOutcome
     _check_outputs(list(files.values()), opts.overwrite)
     results = dict(opts.results)
     inputs = opts.inputs
+    # the device and the metric networks first: a bad device or missing weights fail before any
+    # input is made or restore command runs
+    device = resolve_device(opts.device, ctx.local_rank)
+    metrics = _Metrics(opts, device, fid_extractor)
     error = None
     if ctx.is_main:
         try:
@@ -226,8 +238,6 @@ def _evaluate(opts: EvalOptions, ctx: DistContext, fid_extractor) -> EvalOutcome
         raise IndigoError(f"rank 0 failed: {failure}")
     names, gt_files, res_files, in_files = match_folders(opts.gt, results, inputs)
     methods = list(results)
-    device = _device(opts, ctx)
-    metrics = _Metrics(opts, device, fid_extractor)
 
     from tqdm import tqdm
 
@@ -287,9 +297,10 @@ def _evaluate(opts: EvalOptions, ctx: DistContext, fid_extractor) -> EvalOutcome
     out_rows = [{k: v for k, v in r.items() if k != "_name"} for r in all_rows] + set_rows
     table = markdown_table(out_rows)
     level_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(out_rows, files["results.csv"])
-    files["table.md"].write_text(table, encoding="utf-8")
+    # each file appears whole or not at all; the grid (the step most likely to fail) first
     _write_grid(opts, names, methods, gt_files, res_files, in_files, all_rows, files["grid.png"])
+    write_csv(out_rows, files["results.csv"])
+    atomic_write_text(files["table.md"], table)
     log.info("wrote %s", ", ".join(str(p) for p in files.values()))
     ctx.barrier()
     return EvalOutcome(rows=out_rows, table=table, files=files)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..io.atomic import atomic_write_text
 from ..errors import DatasetError
 from ..train.data import list_images, split_files
 
@@ -142,8 +143,8 @@ def rescale(img: Tensor, factor: float) -> Tensor:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    """`obj` as indented JSON, written whole or not at all."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_grid(images: Tensor, path: Path, nrow: Optional[int] = None) -> None:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..argtypes import fraction, non_negative, non_negative_int, positive, positive_int
 from ..errors import IndigoError
 from .data import VAL_FRACTION, photo_split, split_record, write_json
 
@@ -28,18 +29,18 @@ log = logging.getLogger("indigo_core.prior.train")
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="photo folder (split by file-name hash unless --val-data is given)")
     p.add_argument("--val-data", default=None, help="validation photo folder (then all of --data trains)")
-    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION, help="share of --data held out (default 0.1)")
+    p.add_argument("--val-fraction", type=fraction, default=VAL_FRACTION, help="share of --data held out (default 0.1)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget of the training loop")
-    p.add_argument("--max-steps", type=int, default=None, help="step budget of the training loop")
-    p.add_argument("--warmup", type=int, default=200, help="learning-rate warm-up steps")
-    p.add_argument("--val-size", type=int, default=256, help="validation centre-crop size (default 256)")
-    p.add_argument("--val-minutes", type=float, default=1.0, help="validate every N minutes")
-    p.add_argument("--ckpt-minutes", type=float, default=5.0, help="write a resumable checkpoint every N minutes")
-    p.add_argument("--log-every", type=int, default=50, help="CSV/log row every N steps")
+    p.add_argument("--max-minutes", type=positive, default=None, help="wall-time budget of the training loop")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="step budget of the training loop")
+    p.add_argument("--warmup", type=non_negative_int, default=200, help="learning-rate warm-up steps")
+    p.add_argument("--val-size", type=positive_int, default=256, help="validation centre-crop size (default 256)")
+    p.add_argument("--val-minutes", type=non_negative, default=1.0, help="validate every N minutes")
+    p.add_argument("--ckpt-minutes", type=positive, default=5.0, help="write a resumable checkpoint every N minutes")
+    p.add_argument("--log-every", type=positive_int, default=50, help="CSV/log row every N steps")
     p.add_argument("--resume", default=None, help="checkpoint to continue from (fresh time budget)")
     p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
@@ -59,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_unet.add_arguments(p)
     p = sub.add_parser("split", help="write the split of a photo folder as JSON")
     p.add_argument("--data", required=True)
-    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
+    p.add_argument("--val-fraction", type=fraction, default=VAL_FRACTION)
     p.add_argument("--out", required=True, help="JSON file to write")
     p = sub.add_parser("stage", help="copy a photo folder, split, into train/ (JPEG q95) and val/ (as is)")
     p.add_argument("--data", required=True)
-    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
+    p.add_argument("--val-fraction", type=fraction, default=VAL_FRACTION)
     p.add_argument("--out", required=True, help="folder to create (train/, val/, split.json)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality of the training copies")
     return parser

@@ -23,6 +23,7 @@ from typing import Union
 
 import torch
 
+from ..argtypes import non_negative, positive, positive_int
 from ..errors import ConfigError
 from ..metrics import psnr, ssim
 from .autoencoder import PRESETS as KL_PRESETS
@@ -31,7 +32,8 @@ from .plain_autoencoder import PRESETS as PLAIN_PRESETS
 from .plain_autoencoder import PlainAutoencoder
 from .data import CropSampler, center_crop, load_images, save_grid, to_float, write_json
 from .trainutil import (Budget, CsvLog, autocast, check_out_dir, command_line, hardware, load_checkpoint,
-                        log, now_utc, pick_device, save_checkpoint, setup_torch, sha256)
+                        files_digest, log, now_utc, pick_device, run_signature, save_checkpoint,
+                        setup_torch, sha256)
 from .weights import load_autoencoder, save_autoencoder
 
 VAE_FILE = "indigo-prior-vae.safetensors"
@@ -48,13 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="architecture (default small): sd, base, small, tiny are SD's AutoencoderKL at several "
                         "widths (ComfyUI builds them itself); lean, lean-tiny the plain autoencoder (no norms, "
                         "a few times cheaper per pixel to train; the pack's loader wraps it for ComfyUI)")
-    p.add_argument("--crop", type=int, default=256, help="training crop size (default 256)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW, default 5e-4)")
-    p.add_argument("--ssim-weight", type=float, default=0.2)
-    p.add_argument("--mse-weight", type=float, default=0.0,
+    p.add_argument("--crop", type=positive_int, default=256, help="training crop size (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive, default=5e-4, help="peak learning rate (AdamW, default 5e-4)")
+    p.add_argument("--ssim-weight", type=non_negative, default=0.2)
+    p.add_argument("--mse-weight", type=non_negative, default=0.0,
                    help="weight of a squared-error term added to the L1 (default 0); PSNR is a squared error")
-    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--kl-weight", type=non_negative, default=1e-6)
     p.add_argument("--init-logvar", type=float, default=-8.0,
                    help="initial posterior log-variance (default -8: std 0.018). At 0, as in a default "
                         "init, the decoder starts from latents drowned in unit noise and short runs stay blurry")
@@ -67,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true",
                    help="keep weights and batches in channels-last memory format (faster convolutions under "
                         "bf16 autocast on recent GPUs; the exported file is the same either way)")
-    p.add_argument("--stats-crops", type=int, default=256,
+    p.add_argument("--stats-crops", type=positive_int, default=256,
                    help="training crops encoded to measure the latent statistics (default 256)")
 
 
@@ -135,8 +137,11 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0,
                             fused=device.type == "cuda")
     step = 0
+    signature = run_signature(kind="autoencoder", preset=args.preset, crop=args.crop, ssim_weight=args.ssim_weight,
+                              mse_weight=args.mse_weight, kl_weight=args.kl_weight, freeze_encoder=args.freeze_encoder,
+                              data=files_digest(train_files))
     if args.resume:
-        ck = load_checkpoint(Path(args.resume), device)
+        ck = load_checkpoint(Path(args.resume), device, signature)
         ae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
@@ -200,9 +205,11 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
                      f"  val PSNR {row['val_psnr']:.2f} dB" if "val_psnr" in row else "")
         if budget.elapsed() >= next_ckpt:
             next_ckpt += args.ckpt_minutes * 60.0
-            save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step)
+            save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step,
+                            signature=signature)
     train_seconds = budget.elapsed()
-    save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step)
+    save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step,
+                            signature=signature)
 
     # Fold the latent statistics into the 1x1 convs: SD1's 0.18215 then gives unit variance.
     # A frozen encoder keeps the --init file's (already folded) latent space: nothing to fold.

@@ -19,12 +19,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..argtypes import positive, positive_int
+from ..errors import ConfigError
 from .data import CropSampler, center_crop, load_images, rescale, save_grid, to_float, write_json
 from .schedule import DiscreteSchedule, euler_sample
 from .trainutil import (EMA, Budget, CsvLog, autocast, check_out_dir, command_line, hardware, load_checkpoint,
-                        log, now_utc, pick_device, save_checkpoint, setup_torch, sha256)
+                        files_digest, log, now_utc, pick_device, run_signature, save_checkpoint,
+                        setup_torch, sha256)
 from .unet import EpsUNet, NullContext, UNetConfig
-from ..errors import ConfigError
 from .weights import load_autoencoder, load_unet, read_latent_format, save_unet
 
 UNET_FILE = "indigo-prior-unet.safetensors"
@@ -44,15 +46,15 @@ PRESETS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--autoencoder", required=True, help="the trained autoencoder file (.safetensors)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="architecture (default small)")
-    p.add_argument("--latent-size", type=int, default=32, help="latent crop size (default 32 = 256 px)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--latent-size", type=positive_int, default=32, help="latent crop size (default 32 = 256 px)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive, default=3e-4, help="peak learning rate (AdamW)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--scales", default="1,0.75,0.5", help="photo scales encoded for the latent bank")
     p.add_argument("--no-mirror", action="store_true", help="do not also encode mirrored photos")
     p.add_argument("--init", default=None, help="start from the weights of an exported UNet file (fresh optimizer)")
-    p.add_argument("--samples", type=int, default=16, help="samples in the final grid (default 16)")
-    p.add_argument("--sample-steps", type=int, default=30)
+    p.add_argument("--samples", type=positive_int, default=16, help="samples in the final grid (default 16)")
+    p.add_argument("--sample-steps", type=positive_int, default=30)
 
 
 @torch.no_grad()
@@ -128,8 +130,11 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
     params = list(unet.parameters()) + list(ctx.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=device.type == "cuda")
     step = 0
+    signature = run_signature(kind="unet", preset=args.preset, latent_size=args.latent_size, scales=scales,
+                              mirror=not args.no_mirror, autoencoder=sha256(ae_path)[:16],
+                              data=files_digest(train_files))
     if args.resume:
-        ck = load_checkpoint(Path(args.resume), device)
+        ck = load_checkpoint(Path(args.resume), device, signature)
         unet.load_state_dict(ck["model"])
         ctx.load_state_dict(ck["context"])
         opt.load_state_dict(ck["optimizer"])
@@ -187,9 +192,10 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         if budget.elapsed() >= next_ckpt:
             next_ckpt += args.ckpt_minutes * 60.0
             save_checkpoint(out / CKPT_FILE, model=unet.state_dict(), context=ctx.state_dict(),
-                            optimizer=opt.state_dict(), step=step)
+                            optimizer=opt.state_dict(), step=step, signature=signature)
     train_seconds = budget.elapsed()
-    save_checkpoint(out / CKPT_FILE, model=unet.state_dict(), context=ctx.state_dict(), optimizer=opt.state_dict(), step=step)
+    save_checkpoint(out / CKPT_FILE, model=unet.state_dict(), context=ctx.state_dict(), optimizer=opt.state_dict(),
+                    step=step, signature=signature)
 
     model, context = ema_weights()
     raw_mse = eps_mse(unet, ctx.context.detach(), val_lat, schedule)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import hashlib
 import logging
 import math
 import os
@@ -17,6 +18,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
+from ..device import resolve_device
 from ..errors import TrainingError
 from ..io.digest import file_sha256
 
@@ -34,6 +36,8 @@ class Budget:
     def __init__(self, max_minutes: Optional[float], max_steps: Optional[int], warmup: int = 200):
         if not max_minutes and not max_steps:
             raise TrainingError("give --max-minutes or --max-steps (a run must be bounded)")
+        if (max_minutes is not None and not max_minutes > 0) or (max_steps is not None and max_steps < 0):
+            raise TrainingError(f"expected --max-minutes > 0 and --max-steps >= 1, got {max_minutes} and {max_steps}")
         self.seconds = float(max_minutes) * 60.0 if max_minutes else math.inf
         self.max_steps = int(max_steps) if max_steps else None
         self.warmup = max(1, int(warmup))
@@ -104,12 +108,8 @@ class EMA:
 
 
 def pick_device(name: Optional[str]) -> torch.device:
-    if name:
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise TrainingError(f"--device {name}: CUDA is not available here")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """--device, checked (ConfigError for an unknown or absent device); default CUDA, else the CPU."""
+    return resolve_device(name)
 
 
 def setup_torch(device: torch.device, threads: Optional[int] = None) -> None:
@@ -158,10 +158,37 @@ def save_checkpoint(path: Path, **state: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict:
+def run_signature(**settings: Any) -> dict:
+    """What a resumed run must share with its checkpoint (architecture, losses, data, frozen parts);
+    the time budget and the learning rate may change (a resume starts a fresh budget)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()}
+
+
+def files_digest(files: Iterable[Path]) -> str:
+    """A short digest of a list of photo file names (which photos a run trains on)."""
+    return hashlib.sha256("\n".join(sorted(Path(f).name for f in files)).encode()).hexdigest()[:16]
+
+
+def load_checkpoint(path: Path, device: torch.device, signature: Optional[dict] = None) -> dict:
+    """A checkpoint written by `save_checkpoint`, its settings compared with `signature` (those of
+    this run): TrainingError names the file and every difference, or a file that is not one."""
     if not Path(path).is_file():
         raise TrainingError(f"--resume {path}: no such checkpoint")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated or foreign files: torch raises several kinds
+        raise TrainingError(f"--resume {path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ck, dict) or not {"model", "optimizer", "step"} <= set(ck):
+        raise TrainingError(f"--resume {path}: not a checkpoint of the prior trainer")
+    saved = ck.get("signature")
+    if signature is not None and saved is not None:
+        diff = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
+        if diff:
+            details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {signature.get(k)!r}" for k in diff[:6])
+            raise TrainingError(f"--resume {path}: the run's settings differ from the checkpoint's ({details})")
+    elif signature is not None:
+        log.warning("--resume %s: the checkpoint records no settings (written by an earlier version); not checked", path)
+    return ck
 
 
 def check_out_dir(out: Path, names: Iterable[str], overwrite: bool, run_files: Iterable[str] = (),

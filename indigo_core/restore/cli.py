@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..device import resolve_device
 from ..errors import ConfigError, DatasetError, IndigoError
 from .pipeline import MODES, STAGE1, RestoreSettings, default_settings, load_models, restore_image
 from .sampler import SAMPLERS, SCHEDULERS
@@ -146,12 +147,6 @@ def shard(items: list, rank: int, world_size: int) -> list:
     return items[rank::world_size]
 
 
-def _device(arg: Optional[str], local_rank: int) -> torch.device:
-    if arg:
-        return torch.device(arg)
-    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-
-
 def _read(path: Path) -> torch.Tensor:
     from ..eval.folders import load_image
 
@@ -194,7 +189,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
 
     ctx = init_distributed()
     try:
-        device = _device(args.device, ctx.local_rank)
+        device = resolve_device(args.device, ctx.local_rank)
         mine = shard(pairs, ctx.rank, ctx.world_size)
         models = load_models(settings.mode, inn=args.inn, prior_vae=args.prior_vae, prior_unet=args.prior_unet,
                              estimator=estimator, device=device, restorer=restorer)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..argtypes import non_negative
 from ..inn.config import INNConfig
 from ..inn.network import WaveletINN
 from ..io.digest import file_sha256
@@ -133,20 +134,6 @@ def save_inn_export(inn: WaveletINN, path: Path, card: dict, overwrite: bool) ->
     inn = inn.eval()
     meta = {"model_card": json.dumps(card, sort_keys=True, default=str)}
     return save_inn(inn, path, extra_metadata=meta, overwrite=overwrite)
-
-
-def non_negative(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    import argparse
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def add_inn_arguments(p, domain: str) -> None:

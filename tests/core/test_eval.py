@@ -171,6 +171,37 @@ def test_make_inputs_and_restore_hook(folders, tmp_path):
                        metrics=("psnr",)))
 
 
+def test_overwrite_never_scores_an_earlier_runs_images_and_bad_options_fail_first(folders, tmp_path, monkeypatch):
+    """--overwrite starts the restored folder afresh (a command that writes nothing is an error, not
+    the old table again); a bad device, missing weights and a bad grid size are refused before any
+    input is made or command runs."""
+    copy = f"{sys.executable} -c \"import shutil, sys; [shutil.copy(p, sys.argv[2]) for p in sys.argv[3:]]\" " \
+           f"{{input}} {{output}} " + " ".join(str(p) for p in sorted((folders / "blur").glob("*.png")))
+    evaluate(_opts(folders, tmp_path, results={}, make_inputs=True, restore={"m": copy}, metrics=("psnr",)))
+    silent = f"{sys.executable} -c \"pass\" {{input}} {{output}}"
+    with pytest.raises(Exception, match=r"restore command for 'm' wrote nothing"):
+        evaluate(_opts(folders, tmp_path, results={}, make_inputs=True, restore={"m": silent}, metrics=("psnr",),
+                       overwrite=True))
+    marker = tmp_path / "ran"
+    touch = f"{sys.executable} -c \"import pathlib, sys; pathlib.Path(sys.argv[3]).touch()\" {{input}} {{output}} {marker}"
+    for bad, match in ((dict(device="cuda:7" if torch.cuda.is_available() else "cuda"), "--device"),
+                       (dict(device="tpu0"), r"--device: expected a torch device"),
+                       (dict(grid_cell=0), r"--grid-cell >= 16")):
+        with pytest.raises(ConfigError, match=match):
+            evaluate(_opts(folders, tmp_path / "b", results={}, make_inputs=True, restore={"t": touch},
+                           metrics=("psnr",), **bad))
+    monkeypatch.delenv("INDIGO_METRICS_DIR", raising=False)
+    monkeypatch.delenv("INDIGO_MODELS_DIR", raising=False)
+    import indigo_core.metrics.weights as W
+
+    monkeypatch.setattr(W, "PACK_ROOT", tmp_path / "pack")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(Exception, match="lpips_alex_backbone.safetensors not found"):
+        evaluate(_opts(folders, tmp_path / "b", results={}, make_inputs=True, restore={"t": touch},
+                       metrics=("psnr", "lpips")))
+    assert not marker.exists() and not (tmp_path / "b").exists()
+
+
 def test_torchrun_two_ranks_match_one_process(folders, tmp_path):
     single = evaluate(_opts(folders, tmp_path / "one", metrics=("psnr", "ssim"), grid_rows=2))
     torchrun = Path(sys.executable).with_name("torchrun")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,27 @@ def test_an_interrupted_runs_checkpoint_and_log_are_not_overwritten(tmp_path) ->
     assert (out / "unet_log.csv").read_text() == "step\n1\n" and (out / "unet_ckpt.pt").is_file()
     check_out_dir(out, ["indigo-prior-unet.safetensors"], True, **kw)
     assert not (out / "unet_log.csv").exists()
+
+
+def test_prior_resume_checks_the_checkpoints_settings_and_bad_values_are_refused(photos, tmp_path) -> None:
+    out = tmp_path / "run"
+    common = ["--data", str(photos), "--val-fraction", "0.2", "--out", str(out), "--log-every", "1", "--device", "cpu",
+              "--val-minutes", "0", "--preset", "tiny", "--crop", "32", "--val-size", "32", "--batch-size", "2",
+              "--stats-crops", "2"]
+    run(["autoencoder", *common, "--max-steps", "1"])
+    ckpt = str(out / "autoencoder_ckpt.pt")
+    with pytest.raises(TrainingError, match=r"settings differ.*crop: checkpoint 32, now 48.*ssim_weight: checkpoint 0.2, now 5.0"):
+        run(["autoencoder", *[c if c != "32" else "48" for c in common], "--max-steps", "2", "--resume", ckpt,
+             "--ssim-weight", "5", "--overwrite"])
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(Path(ckpt).read_bytes()[:200])
+    with pytest.raises(TrainingError, match="broken.pt: not a readable checkpoint"):
+        run(["autoencoder", *common, "--max-steps", "2", "--resume", str(broken), "--overwrite"])
+    resumed = run(["autoencoder", *common, "--max-steps", "2", "--resume", ckpt, "--overwrite"])
+    assert resumed["training"]["steps"] == 3  # 1 before, then a fresh budget of 2
+    for flag, value in (("--max-steps", "-5"), ("--log-every", "0"), ("--batch-size", "0"), ("--max-minutes", "-1")):
+        with pytest.raises(SystemExit):
+            run(["autoencoder", *common, flag, value, "--overwrite"] + (["--max-steps", "1"] if flag != "--max-steps" else []))
 
 
 def test_budget_bounds_and_schedule() -> None:

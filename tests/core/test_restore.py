@@ -222,6 +222,8 @@ def test_cli_single_file_and_input_errors(tiny_models, lq_folder, tmp_path, caps
     assert _png(out / "a.png").shape == (64, 64, 3)
     assert main([str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 2
     assert "no such file" in capsys.readouterr().err
+    assert main([str(lq_folder / "a.png"), "--out", str(tmp_path / "dev"), "--mode", "bicubic", "--device", "tpu0"]) == 2
+    assert "--device: expected a torch device" in capsys.readouterr().err and not (tmp_path / "dev").exists()
     (tmp_path / "notes.txt").write_text("x")
     assert main([str(tmp_path / "notes.txt"), "--out", str(out), "--no-progress"]) == 2
     assert "expected an image" in capsys.readouterr().err
