@@ -20,16 +20,17 @@ from torch import Tensor
 
 from ..indigo_core.errors import ConfigError
 from ..indigo_core.guidance import tiled_apply
+from ..indigo_core.guidance.tiling import GAUSSIAN_SIGMA_FRACTION
 from .host import WrappersMP
 
 TILE_KEY = "indigo_tiles"
 
-#: Std of the Gaussian blending window as a fraction of the denoiser tile side. A tile's outputs
-#: are least reliable at its own edges (padding, missing context), so the window must be small
-#: there: with 0.15 an edge pixel weighs 0.4% of the centre, and the seam test (mean gradient
-#: across tile borders vs elsewhere, analytic prior, tile 16, overlap 4) measured +0-2%; with the
-#: core's 0.25 (which suits the VAE tiles, where a wide cross-fade hides colour shifts) +5-9%.
-DENOISER_SIGMA_FRACTION = 0.15
+#: Std of the Gaussian blending window as a fraction of the denoiser tile side (the core's default).
+#: A tile's outputs are least reliable at its own edges (padding, missing context), so the window
+#: must be small there: with 0.15 an edge pixel weighs 0.4% of the centre, and the seam test (mean
+#: gradient across tile borders vs elsewhere, analytic prior, tile 16, overlap 4) measured +0-2%;
+#: with 0.25, +5-9%.
+DENOISER_SIGMA_FRACTION = GAUSSIAN_SIGMA_FRACTION
 
 
 def _slice_control(control: Any, region, h: int, w: int) -> Any:

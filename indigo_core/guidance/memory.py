@@ -65,7 +65,7 @@ def decode_for_grad(ae: Autoencoder, z: Tensor, checkpoint_decoder: bool = False
 
 def tiled_decode_for_grad(ae: Autoencoder, z: Tensor, tile: Sequence[int] = FALLBACK_TILE,
                           checkpoint_tiles: bool = True) -> Tensor:
-    """D(z) tile by tile (Gaussian-blended, tiling.tiled_apply), each tile checkpointed when a
+    """D(z) tile by tile (feathered blend, tiling.tiled_apply), each tile checkpointed when a
     gradient is being recorded, so backward holds one tile's activations at a time."""
     d = int(ae.downscale)
 
@@ -74,13 +74,14 @@ def tiled_decode_for_grad(ae: Autoencoder, z: Tensor, tile: Sequence[int] = FALL
             return checkpoint(ae_decode, ae, t, use_reentrant=False)
         return ae_decode(ae, t)
 
-    return tiled_apply(one, z, tile[0], tile[1], in_scale=1, out_scale=d)
+    return tiled_apply(one, z, tile[0], tile[1], in_scale=1, out_scale=d, window="feather")
 
 
 def tiled_encode_plain(ae: Autoencoder, x: Tensor, tile: Sequence[int] = FALLBACK_TILE) -> Tensor:
     """E(x) tile by tile (no gradient needed by any caller)."""
     d = int(ae.downscale)
-    return tiled_apply(lambda t, _r: ae_encode(ae, t), x, tile[0], tile[1], in_scale=d, out_scale=1)
+    return tiled_apply(lambda t, _r: ae_encode(ae, t), x, tile[0], tile[1], in_scale=d, out_scale=1,
+                       window="feather")
 
 
 def release_memory(free_cache: Optional[Callable[[], None]] = None) -> None:
