@@ -27,6 +27,18 @@ def _complete(d: Path) -> bool:
 
 
 @pytest.fixture(scope="session")
+def script():
+    """Import one of scripts/*.py by module name, e.g. ``script("tile_seams").main([...])``."""
+    import importlib
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(REPO_ROOT / "scripts"))
+
+
+@pytest.fixture(scope="session")
 def metrics_weights_dir() -> Path:
     env = os.environ.get("INDIGO_METRICS_DIR")
     if env and _complete(Path(env)):

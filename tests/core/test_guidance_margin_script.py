@@ -4,21 +4,14 @@ is the three runs' real metrics, its gain column is their difference, and bad op
 from __future__ import annotations
 
 import csv
-import importlib
 import sys
 
 import pytest
 
-from conftest import REPO_ROOT
-
 
 @pytest.fixture(scope="module")
-def margin():
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    try:
-        yield importlib.import_module("guidance_margin")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "scripts"))
+def margin(script):
+    return script("guidance_margin")
 
 
 def test_margin_table_is_guided_minus_unguided(margin, metrics_weights_dir, tmp_path, monkeypatch, capsys) -> None:

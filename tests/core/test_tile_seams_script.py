@@ -3,21 +3,13 @@ the VAE tiles use reproduces the whole decode far more closely than the wide Gau
 
 from __future__ import annotations
 
-import importlib
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT
-
 
 @pytest.fixture(scope="module")
-def seams():
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    try:
-        yield importlib.import_module("tile_seams")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "scripts"))
+def seams(script):
+    return script("tile_seams")
 
 
 def test_feathered_vae_tiles_match_the_whole_decode(seams, capsys) -> None:
