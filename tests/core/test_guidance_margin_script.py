@@ -4,7 +4,6 @@ is the three runs' real metrics, its gain column is their difference, and bad op
 from __future__ import annotations
 
 import csv
-import sys
 
 import pytest
 
