@@ -308,8 +308,12 @@ class GuidanceRun:
                              f"got {tuple(z.shape)}")
 
     def _first_call(self, step_index: int) -> bool:
-        first = step_index != self._last_step
-        self._last_step = step_index
+        """True the first time a step is reached. Steps only count forward: a sampler whose
+        evaluations go back to an earlier step's sigma (heunpp2, dpm_adaptive) does not regularise
+        or refine that step again."""
+        first = self._last_step is None or step_index > self._last_step
+        if first:
+            self._last_step = step_index
         return first
 
     def _checkpoint_inn(self, enabled: bool) -> None:

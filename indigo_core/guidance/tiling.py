@@ -106,8 +106,9 @@ def _gaussian_cached(height: int, width: int, sigma_fraction: float, device: tor
         sd = max(sigma_fraction * n, 1e-6)
         return torch.exp(-0.5 * ((x - mid) / sd) ** 2)
 
-    w = axis(height)[:, None] * axis(width)[None, :]
-    return (w / w.max()).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd (grad_wrt="zt")
+        w = axis(height)[:, None] * axis(width)[None, :]
+        return (w / w.max()).to(device=device, dtype=dtype)
 
 
 def gaussian_weights(height: int, width: int, device=None, dtype: torch.dtype = torch.float32,
@@ -141,9 +142,10 @@ def _feather_axis(n: int, scale: int, start_shared: bool, end_shared: bool, over
 def _feather_cached(height: int, width: int, scale: int, sides: tuple[bool, bool, bool, bool],
                     overlap: tuple[int, int], device: torch.device) -> Tensor:
     top, bottom, left, right = sides
-    w = _feather_axis(height, scale, top, bottom, overlap[0])[:, None] * \
-        _feather_axis(width, scale, left, right, overlap[1])[None, :]
-    return w.clamp_min(_FEATHER_FLOOR).to(device=device, dtype=torch.float32)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd
+        w = _feather_axis(height, scale, top, bottom, overlap[0])[:, None] * \
+            _feather_axis(width, scale, left, right, overlap[1])[None, :]
+        return w.clamp_min(_FEATHER_FLOOR).to(device=device, dtype=torch.float32)
 
 
 def feather_weights(region: TileRegion, grid_hw: Sequence[int], overlap: Size2, out_scale: int = 1,

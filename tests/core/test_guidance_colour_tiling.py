@@ -144,6 +144,22 @@ def test_feathered_tiles_reproduce_a_local_function_exactly(out_scale, size, til
         tiled_apply(lambda t, r: t, z, tile, overlap, window="hann")
 
 
+@pytest.mark.parametrize("window", ["gaussian", "feather"])
+def test_tile_weights_first_built_under_inference_mode_still_serve_autograd(window):
+    """The windows are cached: one first built inside inference mode (a ComfyUI run) must not make a
+    later differentiable run (grad_wrt="zt" through the tiled denoiser) fail."""
+    from indigo_core.guidance import tiling
+
+    tiling._gaussian_cached.cache_clear()
+    tiling._feather_cached.cache_clear()
+    z = torch.randn(1, 2, 20, 20)
+    with torch.inference_mode():
+        tiled_apply(lambda t, r: t * 2, z, 8, 2, window=window)
+    x = z.clone().requires_grad_(True)
+    tiled_apply(lambda t, r: t * 2, x, 8, 2, window=window).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))
+
+
 def test_tiled_vae_matches_full():
     ae = LinearTestAutoencoder(4, 8)
     g = torch.Generator().manual_seed(1)

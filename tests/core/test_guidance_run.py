@@ -209,6 +209,19 @@ def test_regulariser_and_refine_run_on_scheduled_steps(n, sampler):
     assert len(summary["refine_loss"]) == len(ref.steps(n)) and all(v >= 0 for _, v in summary["refine_loss"])
 
 
+def test_steps_count_forward_only_when_evaluations_go_back():
+    """heunpp2 and dpm_adaptive evaluate at an earlier step's sigma after a later one: the
+    regulariser and the refinement act once per step, the first time it is reached."""
+    inn, y, _, _ = _latent_case(h=8)
+    st = GuidanceSettings(regulariser=Schedule.all_steps(), refine=RefineSettings(schedule=Schedule.all_steps()))
+    run = GuidanceRun(st, measurement=y, latent_shape=(1, 4, 8, 8), autoencoder=AE, inn=inn)
+    z = torch.randn(1, 4, 8, 8, generator=_gen(3))
+    for i in [0, 1, 2, 1, 2, 2, 3, 3]:
+        z = run.step(z, i, 6)
+    assert run.regularised_steps == run.refined_steps == [0, 1, 2, 3]
+    assert all(r.guided for r in run.records) and len(run.records) == 8
+
+
 def test_pixel_refine_counts_and_every_k():
     inn, y, _ = _pixel_case(h=4)
     st = GuidanceSettings(mode="pixel_inn", w_p=0.0, regulariser=Schedule.every_k(3),

@@ -31,7 +31,9 @@ def tiny_inn(host, domain: str, split: str | None = None, seed: int = 0, channel
     cfg = core.INNConfig(domain=domain, channels=c, split=split, levels=2, pairs=1, block="resblock", hidden=8,
                          n_mrstb=1)
     gen = torch.Generator().manual_seed(seed)
-    inn = core.WaveletINN(cfg).eval()
+    with torch.random.fork_rng(devices=[]):  # the initial weights too, not only the added noise
+        torch.manual_seed(seed)
+        inn = core.WaveletINN(cfg).eval()
     with torch.no_grad():
         for p in inn.parameters():
             p.add_(scale_noise * torch.randn(p.shape, generator=gen))
