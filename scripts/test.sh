@@ -10,5 +10,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-. scripts/setup_env.sh
+INDIGO_SETUP_BROWSER=1 . scripts/setup_env.sh
 exec "$root/.venv/bin/python" -m pytest "$@"

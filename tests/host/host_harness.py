@@ -322,6 +322,23 @@ class _ListHandler(logging.Handler):
 # =========================================================================== server subprocess
 
 
+#: Requests to the local server never go through an http(s)_proxy from the environment.
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _stop_with_parent() -> None:
+    """In the server process before exec: on Linux, SIGTERM it when the process that started it
+    dies (PR_SET_PDEATHSIG), so a killed demo or test run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 class ComfyServer:
     """A real ComfyUI server (``python main.py``) on 127.0.0.1 with the pack in its custom_nodes.
 
@@ -354,7 +371,10 @@ class ComfyServer:
         env.pop("PYTHONPATH", None)  # the pack must load from custom_nodes/ alone, as for users
         env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DO_NOT_TRACK="1")
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(cmd, cwd=str(self.base_dir), stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        # Its own session (a Ctrl-C meant for the caller does not hit it mid-request; the caller's
+        # stop() ends it), and on Linux it is told to stop when the caller dies, however it dies.
+        self.process = subprocess.Popen(cmd, cwd=str(self.base_dir), stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True, preexec_fn=_stop_with_parent)
         self._wait_ready(boot_timeout)
 
     # ------------------------------------------------------------------ life cycle
@@ -401,7 +421,7 @@ class ComfyServer:
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"} if data else {})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with _LOOPBACK.open(req, timeout=timeout) as resp:
                 return resp.status, _decode(resp.read(), resp.headers.get_content_type())
         except urllib.error.HTTPError as err:
             return err.code, _decode(err.read(), err.headers.get_content_type() if err.headers else "")

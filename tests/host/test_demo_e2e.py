@@ -130,3 +130,36 @@ def test_demo_restores_a_crop_through_comfyui(tmp_path):
         assert gain_l >= MIN_LPIPS_GAIN and gain_p >= MIN_PSNR_GAIN, \
             f"{name}: PSNR {gain_p:+.2f} dB and LPIPS {-gain_l:+.4f} against bicubic"
 
+
+
+def test_demo_checks_its_inputs_and_claims_its_own_output_folder(tmp_path, monkeypatch):
+    """Before any server starts: a missing, unreadable or too large photo and a bad --crop are
+    named; an output folder holding an earlier demo or in use by a running one is left alone (the
+    next free -k folder is claimed), a lock left by a demo that died is taken over."""
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import demo
+
+    for photo, match in ((tmp_path / "none.png", "no such file"), (tmp_path / "x.png", "not an image"),
+                         (tmp_path / "big.png", "more than the demo restores")):
+        if photo.name == "x.png":
+            photo.write_text("not a png")
+        elif photo.name == "big.png":
+            Image.new("RGB", (1600, 1200)).save(photo)
+        with pytest.raises(SystemExit, match=match):
+            demo.prepare_photo(photo, None, tmp_path / "in.png")
+    assert demo.prepare_photo(tmp_path / "big.png", 512, tmp_path / "in.png") == (512, 512)
+    with pytest.raises(SystemExit):
+        demo.main(["--crop", "16"])
+
+    out = tmp_path / "demo"
+    first = demo.free_out_dir(out, overwrite=False)  # empty: taken
+    assert first == out and (out / demo.LOCK).read_text() == str(os.getpid())
+    second = demo.free_out_dir(out, overwrite=False)  # in use by a running demo (this process)
+    assert second == tmp_path / "demo-2"
+    demo.release_out_dir(first)
+    (out / "metrics.md").write_text("an earlier demo")
+    (tmp_path / "demo-2" / demo.LOCK).write_text("999999999")  # its demo is gone
+    assert demo.free_out_dir(out, overwrite=False) == tmp_path / "demo-2"
+    assert demo.free_out_dir(out, overwrite=True) == out and (out / "metrics.md").read_text() == "an earlier demo"
