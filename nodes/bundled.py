@@ -57,13 +57,38 @@ def require_with_bundled(name: str, fmt: str) -> str:
     return path
 
 
-def file_key(path: str) -> tuple[str, int, int]:
-    """(real path, mtime in ns, size): a replaced or rewritten file gets a new key (OSError if unreadable)."""
+def file_key(path: str) -> tuple[str, int, int, int, int]:
+    """(real path, inode, mtime in ns, ctime in ns, size): a replaced or rewritten file gets a new key,
+    even one copied in with its old modification time (cp -p, rsync -a, an unpacked archive): its
+    inode or change time differs (OSError if unreadable)."""
     import os
 
     real = os.path.realpath(path)
     st = os.stat(real)
-    return real, st.st_mtime_ns, st.st_size
+    return real, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
+
+
+def validate_listed(name: str, fmt: str, what: str) -> "bool | str":
+    """A node's validate_inputs for a file combo: ComfyUI 0.3.75 does not check V3 combo values,
+    so a name that is neither in the model folders nor bundled is refused when the prompt is queued."""
+    if find_with_bundled(name, fmt) is None:
+        from .host import MODEL_FOLDER, model_folders
+
+        return (f"{what} file {name!r} not found in the '{MODEL_FOLDER}' model folders {model_folders()} "
+                f"or among the pack's bundled ones")
+    return True
+
+
+def fingerprint_listed(name: str, fmt: str):
+    """A node's fingerprint_inputs for a file combo: the file's key, so that a file replaced under
+    the same name is read again instead of ComfyUI reusing the cached output."""
+    path = find_with_bundled(name, fmt)
+    if path is None:
+        return name
+    try:
+        return file_key(path)
+    except OSError:
+        return name
 
 
 class FileCache:

@@ -15,7 +15,8 @@ from ..indigo_core.errors import IndigoError, WeightsFileError
 from .common import CATEGORY
 from .guidance_inputs import DEGRADATION
 from .guidance_patch import image_to_bchw
-from .bundled import ESTIMATOR_FORMAT, FileCache, list_with_bundled, require_with_bundled
+from .bundled import (ESTIMATOR_FORMAT, FileCache, fingerprint_listed, list_with_bundled, require_with_bundled,
+                      validate_listed)
 from .host import io
 
 CACHE_SIZE = 2
@@ -69,6 +70,14 @@ class DegradationEstimate(io.ComfyNode):
             outputs=[DEGRADATION.Output("degradation", display_name="degradation",
                                         tooltip="(B,128) embedding for the guidance nodes' 'degradation' input.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, estimator_name: str) -> "bool | str":
+        return validate_listed(estimator_name, ESTIMATOR_FORMAT, "estimator")
+
+    @classmethod
+    def fingerprint_inputs(cls, estimator_name: str, **_):
+        return fingerprint_listed(estimator_name, ESTIMATOR_FORMAT)
 
     @classmethod
     def execute(cls, image, estimator_name) -> io.NodeOutput:

@@ -9,7 +9,8 @@ import torch
 
 from ..indigo_core.errors import IndigoError, WeightsFileError
 from .common import CATEGORY, INN, inn_summary
-from .bundled import BUNDLED_DIR, INN_FORMAT, FileCache, file_key, find_with_bundled, list_with_bundled
+from .bundled import (BUNDLED_DIR, INN_FORMAT, FileCache, find_with_bundled, fingerprint_listed, list_with_bundled,
+                      validate_listed)
 from .host import MODEL_FOLDER, io, model_folders
 
 #: How many loaded INNs stay in memory (a few MB each for the paper's sizes).
@@ -120,22 +121,11 @@ class LoadINN(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, inn_name: str) -> bool | str:
-        # ComfyUI 0.3.75 does not check V3 combo values against the list: refuse at queue time.
-        if find_model(inn_name) is None:
-            return (f"INN file {inn_name!r} not found in the '{MODEL_FOLDER}' model folders {model_folders()} "
-                    f"or among the pack's bundled INNs")
-        return True
+        return validate_listed(inn_name, INN_FORMAT, "INN")
 
     @classmethod
-    def fingerprint_inputs(cls, inn_name: str) -> Any:
-        # A file replaced under the same name must be loaded again.
-        path = find_model(inn_name)
-        if path is None:
-            return inn_name
-        try:
-            return file_key(path)
-        except OSError:
-            return inn_name
+    def fingerprint_inputs(cls, inn_name: str, **_) -> Any:
+        return fingerprint_listed(inn_name, INN_FORMAT)
 
     @classmethod
     def execute(cls, inn_name: str) -> io.NodeOutput:

@@ -23,6 +23,7 @@ import torch
 
 from ..indigo_core.errors import IndigoError, WeightsFileError
 from ..indigo_core.prior.plain_autoencoder import PlainAutoencoder
+from .bundled import file_key
 from .common import CATEGORY
 from .host import find_model, io, list_models, model_folders, sd1_eps_model, sd_vae, wrapped_vae
 
@@ -72,11 +73,6 @@ def resolve_prior_file(name: str) -> str:
             return path
     raise WeightsFileError(name, f"not found among the bundled prior files ({BUNDLED_DIR}) or in "
                                  f"'{USER_PREFIX}' of the model folders {model_folders()}")
-
-
-def _file_key(path: str) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return os.path.realpath(path), st.st_mtime_ns, st.st_size
 
 
 def load_prior(unet_path: str, vae_path: str):
@@ -156,7 +152,7 @@ class LoadPrior(io.ComfyNode):
         keys = []
         for name in (unet_name, vae_name):
             try:
-                keys.append(_file_key(resolve_prior_file(name)))
+                keys.append(file_key(resolve_prior_file(name)))
             except (WeightsFileError, OSError):
                 keys.append(name)
         return tuple(keys)

@@ -2,7 +2,7 @@
 
 ``GET /indigo/inn_info?name=<file>`` (also under ``/api``): what an INN file in the ``indigo``
 model folders is (domain, scale, channels, wavelet split, levels, lifting pairs), read from the
-file's header only, no tensors. The frontend shows it as a badge on Load INN before the graph
+file's header only, no tensors (an INDIGO+ ``.pth`` has no header: it is loaded and checked). The frontend shows it as a badge on Load INN before the graph
 runs and uses the scale to warn about measurement sizes that cannot match before queueing.
 
 Answers 200 with ``{"ok": true, ...facts}``, or 200 with ``{"ok": false, "error": ...}`` when the
@@ -20,7 +20,7 @@ from typing import Any
 from ..indigo_core.errors import IndigoError
 from .common import config_facts
 from .host import MODEL_FOLDER, add_json_route
-from .load_inn import find_model
+from .load_inn import find_model, load_cached_inn
 
 INN_INFO_PATH = "/indigo/inn_info"
 
@@ -44,10 +44,10 @@ def inn_info(query: dict[str, str]) -> tuple[int, dict[str, Any]]:
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".pth":
-            # An INDIGO+ INN.pth: its layout is fixed; reading the pickle is left to Load INN.
-            from ..indigo_core.inn.config import INNConfig
-
-            return 200, inn_facts(INNConfig.preset("indigo-plus"), name, "indigo-plus layout")
+            # An INDIGO+ INN.pth has no header: it is read (restricted unpickler, keys checked) as
+            # Load INN reads it, into Load INN's cache, so a KDSR estimator or a damaged file is not
+            # announced as an INN.
+            return 200, inn_facts(load_cached_inn(path).config, name, "indigo-plus .pth (read and checked)")
         from ..indigo_core.io.weights import read_inn_config
 
         return 200, inn_facts(read_inn_config(path), name, "file header")

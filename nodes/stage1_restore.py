@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..indigo_core.errors import ShapeError
-from .bundled import FileCache, list_with_bundled, require_with_bundled
+from .bundled import FileCache, fingerprint_listed, list_with_bundled, require_with_bundled, validate_listed
 from .common import CATEGORY
 from .guidance_patch import bchw_to_image, image_to_bchw
 from .host import io
@@ -22,8 +22,12 @@ _cache = FileCache(2)
 
 
 def _read_restorer(path: str):
+    from ..indigo_core.errors import WeightsFileError
     from ..indigo_core.restorer import load_restorer
 
+    if not path.lower().endswith(".safetensors"):
+        raise WeightsFileError(path, "expected a stage-1 restorer .safetensors file (python -m indigo_core.train "
+                                     "restorer writes them); other files cannot be one")
     with torch.inference_mode(False):
         return load_restorer(path)
 
@@ -51,6 +55,14 @@ class Stage1Restore(io.ComfyNode):
             outputs=[io.Image.Output("IMAGE", display_name="image",
                                      tooltip="R(y): the restored image, the restorer's scale times y's size.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, restorer_name: str) -> "bool | str":
+        return validate_listed(restorer_name, RESTORER_FORMAT, "stage-1 restorer")
+
+    @classmethod
+    def fingerprint_inputs(cls, restorer_name: str, **_):
+        return fingerprint_listed(restorer_name, RESTORER_FORMAT)
 
     @classmethod
     def execute(cls, image, restorer_name) -> io.NodeOutput:

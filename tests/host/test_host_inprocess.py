@@ -153,6 +153,51 @@ def test_load_inn_caches_by_path_and_mtime(comfy_inprocess) -> None:
     assert state_hash(replaced) != state_hash(first)
 
 
+def test_estimator_and_restorer_files_replaced_in_place_are_read_again(comfy_inprocess) -> None:
+    """Degradation Estimate and Stage-1 Restore fingerprint their file as Load INN does, so ComfyUI
+    does not reuse a cached output after the file changes, even when it is copied in with its old
+    modification time and size (cp -p); unknown names are refused when the prompt is queued."""
+    import shutil
+
+    from test_bundled_models import ESTIMATOR, RESTORER
+
+    for node_id, arg, bundled in (("INDIGO_DegradationEstimate", "estimator_name", ESTIMATOR),
+                                  ("INDIGO_Stage1Restore", "restorer_name", RESTORER)):
+        node = comfy_inprocess.node(node_id)
+        mine = comfy_inprocess.models_dir / f"mine-{bundled}"
+        shutil.copy2(Path(indigo_core.__file__).parents[1] / "models" / bundled, mine)
+        before = node.fingerprint_inputs(**{arg: mine.name})
+        st = mine.stat()
+        data = bytearray(mine.read_bytes())
+        data[-1] ^= 1  # same size, other content
+        mine.write_bytes(bytes(data))
+        os.utime(mine, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old modification time
+        assert node.fingerprint_inputs(**{arg: mine.name}) != before, node_id
+        assert node.validate_inputs(**{arg: mine.name}) is True
+        assert "not found" in node.validate_inputs(**{arg: "absent.safetensors"})
+        mine.unlink()
+
+
+def test_inn_info_route_reads_and_checks_an_indigo_plus_pth(comfy_inprocess) -> None:
+    from indigo_core.inn.config import INNConfig
+    from indigo_core.inn.indigo_plus import to_indigo_plus_key
+
+    route = comfy_inprocess.module("nodes.routes").inn_info
+    torch.manual_seed(0)
+    state = {to_indigo_plus_key(k): v for k, v in indigo_core.WaveletINN(INNConfig.preset("indigo-plus")).state_dict().items()}
+    good, short, other = (comfy_inprocess.models_dir / n for n in ("INN.pth", "INN_short.pth", "KDSR_like.pth"))
+    torch.save({"params": state}, good)
+    torch.save({"params": dict(list(state.items())[1:])}, short)
+    torch.save({"E_st.head.weight": torch.zeros(3, 3)}, other)
+    status, body = route({"name": good.name})
+    assert status == 200 and body["ok"] is True and (body["domain"], body["scale"]) == ("pixel", 4)
+    for path in (short, other):
+        status, body = route({"name": path.name})
+        assert status == 200 and body["ok"] is False and path.name in body["error"], body
+        path.unlink()
+    good.unlink()
+
+
 def test_nodes_never_change_the_cached_inn(comfy_inprocess) -> None:
     write_random_inn(comfy_inprocess.models_dir / "readonly.safetensors", seed=3)
     inn = comfy_inprocess.run_node("INDIGO_LoadINN", inn_name="readonly.safetensors")[0]
