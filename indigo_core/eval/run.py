@@ -187,8 +187,9 @@ def evaluate(opts: EvalOptions, *, fid_extractor: Callable | None = None,
     unknown = set(opts.metrics) - set(ALL_METRICS)
     if unknown:
         raise ConfigError(f"metrics: expected a subset of {ALL_METRICS}, got {sorted(unknown)}")
-    if not opts.results and not opts.restore:
-        raise ConfigError("expected at least one results folder (--results) or restore command (--restore)")
+    if not opts.results and not opts.restore and not opts.make_inputs:
+        raise ConfigError("expected at least one results folder (--results) or restore command (--restore), "
+                          "or --make-inputs alone to write the degraded inputs")
     clash = set(opts.results) & set(opts.restore)
     if clash:
         raise ConfigError(f"method names must be unique; {sorted(clash)} name both a results folder and a restore command")
@@ -206,6 +207,14 @@ def evaluate(opts: EvalOptions, *, fid_extractor: Callable | None = None,
 
 def _evaluate(opts: EvalOptions, ctx: DistContext, fid_extractor) -> EvalOutcome | None:
     level_dir = Path(opts.out) / opts.level
+    if not opts.results and not opts.restore:  # --make-inputs alone: the degraded inputs, nothing to score
+        inputs = level_dir / "inputs"
+        if ctx.is_main:
+            _check_outputs([inputs], opts.overwrite)
+            _make_inputs(opts, inputs)
+        ctx.barrier()
+        return EvalOutcome(rows=[], table=f"wrote the {opts.level} inputs to {inputs}\n", files={"inputs": inputs}) \
+            if ctx.is_main else None
     files = {name: level_dir / name for name in OUTPUT_FILES}
     _check_outputs(list(files.values()), opts.overwrite)
     results = dict(opts.results)

@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=None, help="sampler steps run")
     g.add_argument("--denoise", type=float, default=None,
-                   help="strength: start from E(up(y)) noised to this fraction of the schedule (1: from noise)")
+                   help="strength: start from E(r), r the stage-1 image (--stage1), noised to this fraction of the "
+                        "schedule (1: from noise)")
     g.add_argument("--seed", type=int, default=None, help="noise seed (the same for every image)")
     g.add_argument("--sampler", choices=SAMPLERS, default=None)
     g.add_argument("--scheduler", choices=SCHEDULERS, default=None)

@@ -154,6 +154,16 @@ def test_bad_folders_get_clear_errors(folders, tmp_path, capsys, metrics_weights
     assert not (tmp_path / "o").exists()
 
 
+def test_make_inputs_alone_writes_the_degraded_inputs(folders, tmp_path, capsys):
+    """README's first evaluation step: --make-inputs without methods only writes the inputs."""
+    rc = eval_main(["--gt", str(folders / "gt"), "--level", "medium", "--make-inputs", "--out", str(tmp_path)])
+    assert rc == 0 and "wrote the medium inputs" in capsys.readouterr().out
+    lq = sorted((tmp_path / "medium" / "inputs").glob("*.png"))
+    assert len(lq) == 4 and Image.open(lq[0]).size == (12, 12)
+    assert not (tmp_path / "medium" / "results.csv").exists()
+    assert eval_main(["--gt", str(folders / "gt"), "--level", "medium", "--make-inputs", "--out", str(tmp_path)]) == 2
+
+
 def test_make_inputs_and_restore_hook(folders, tmp_path):
     upscale = ("import sys, pathlib; from PIL import Image; i, o = map(pathlib.Path, sys.argv[1:]); "
                "[Image.open(p).resize((Image.open(p).width * 4, Image.open(p).height * 4), Image.BICUBIC)"
