@@ -35,10 +35,11 @@ class CompiledINN:
             try:
                 return compiled(*args)
             except Exception as exc:  # compilation is an optimisation: any failure -> eager
+                from ..errors import IndigoError
                 from .memory import is_out_of_memory
 
-                if is_out_of_memory(exc):
-                    raise
+                if is_out_of_memory(exc) or isinstance(exc, IndigoError):
+                    raise  # out of memory, or a bad input the eager INN refuses as well
                 log.warning("torch.compile of the INN failed (%s: %s); running it eagerly",
                             type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
                 self.eager = True

@@ -31,9 +31,10 @@ def private_inn_copy(inn: nn.Module, device=None) -> nn.Module:
         cfg = inn_config(inn)
         new = None
         if cfg is not None:
-            try:
-                new = type(inn)(cfg)
-            except TypeError:
+            backend = getattr(getattr(inn, "split_op", None), "backend", None)
+            try:  # the same Haar backend as the original (the two agree only to float rounding)
+                new = type(inn)(cfg, haar_backend=backend) if backend else type(inn)(cfg)
+            except (TypeError, AttributeError):
                 new = None
         state = {k: v.detach().clone() for k, v in inn.state_dict().items()}
         if new is None:

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from timm.models.swin_transformer import SwinTransformerBlock
 
@@ -34,7 +35,8 @@ class SwinLayer(SwinTransformerBlock):
         self.attn.fused_attn = bool(fused)
 
     def get_attn_mask(self, x: Optional[Tensor] = None, device: Any = None, dtype: Any = None) -> Optional[Tensor]:
-        if x is None:
+        if x is None or torch.compiler.is_compiling():
+            # (compiled: the cache key's inference-mode query cannot be traced; the graph holds the mask)
             return super().get_attn_mask(x, device=device, dtype=dtype)
         key = (x.shape[1], x.shape[2], self.window_size, self.shift_size, x.device, x.dtype,
                torch.is_inference_mode_enabled())
@@ -60,8 +62,11 @@ class MRSTB(nn.Module):
     """K Swin layers (window attention with relative position bias; shifts alternate 0 and
     window // 2) -> channel scale FC(gamma) -> + input.
 
-    Any H, W: timm's layer pads to whole windows (always_partition=True keeps the configured
-    window and shift whatever the nominal resolution)."""
+    Any H, W: each layer gets its input zero-padded at the bottom and right to whole windows and
+    its output cropped back (always_partition=True keeps the configured window and shift whatever
+    the nominal resolution). timm's own padding comes after the cyclic shift, so its mask would let
+    the shifted windows see across the image edge (the last rows next to the first ones) whenever a
+    side is not a multiple of the window; padding first keeps the edge masked."""
 
     def __init__(self, hidden: int, heads: int, window: int, layers: int, mlp_ratio: float,
                  emb_dim: int, mod_hidden: int = 0) -> None:
@@ -84,8 +89,14 @@ class MRSTB(nn.Module):
     def forward(self, x: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
         """x (B,hidden,H,W), gamma (B,emb_dim) or None -> (B,hidden,H,W)."""
         h = x.permute(0, 2, 3, 1)
+        H, W = h.shape[1], h.shape[2]
+        win = self.layers[0].window_size
+        ph, pw = (-H) % win[0], (-W) % win[1]
         for layer in self.layers:
-            h = layer(h)
+            if ph or pw:
+                h = layer(F.pad(h, (0, 0, 0, pw, 0, ph)))[:, :H, :W]
+            else:
+                h = layer(h)
         h = h.permute(0, 3, 1, 2)
         if gamma is not None:
             h = h * self.fc(gamma)[:, :, None, None]

@@ -158,6 +158,24 @@ def test_cached_attention_masks_across_sizes_and_modes(seed: int) -> None:
     assert x.grad is not None and x.grad.abs().sum().item() > 0
 
 
+@pytest.mark.parametrize("height", [10, 13, 18, 21, 16])
+def test_shifted_windows_never_see_across_the_image_edge(height: int) -> None:
+    """A side that is not a multiple of the window: the last row must not reach the first through
+    the shifted windows' cyclic shift (timm pads after shifting; the block pads first)."""
+    from indigo_core.inn.mrstb import MRSTB
+
+    torch.manual_seed(0)
+    block = MRSTB(16, 2, 8, 2, 2.0, 128).eval()
+    x = torch.randn(1, 16, height, 8)
+    bumped = x.clone()
+    bumped[:, :, -1] += torch.randn(16, 8)
+    with torch.no_grad():
+        a, b = block(x), block(bumped)
+    assert a.shape == x.shape
+    assert float((a[:, :, 0] - b[:, :, 0]).abs().max()) < 1e-6
+    assert float((a[:, :, -1] - b[:, :, -1]).abs().max()) > 1e-3  # the bump itself is seen
+
+
 def test_bad_inputs_raise_shape_errors() -> None:
     inn = WaveletINN(INNConfig.preset("pixel-small")).eval()
     with pytest.raises(ShapeError, match="3 channels"):

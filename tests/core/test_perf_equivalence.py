@@ -211,6 +211,29 @@ def test_compiled_inn_never_hides_out_of_memory(monkeypatch):
     assert not wrapped.eager
 
 
+def test_compiled_inn_keeps_compiling_after_a_bad_input_and_traces_as_one_graph():
+    """A bad input is the caller's error (the eager INN refuses it too): it must not switch the run
+    to eager for good; and the INN traces without graph breaks (the attention-mask cache is skipped
+    while compiling)."""
+    from indigo_core.errors import ShapeError
+
+    inn = tiny_latent_inn()
+    wrapped = CompiledINN(inn)
+    with pytest.raises(ShapeError):
+        wrapped.inverse(torch.randn(1, 4, 3, 3), [torch.randn(1, 12, 5, 5)])
+    assert not wrapped.eager
+    latent = WaveletINN(INNConfig.preset("latent-small")).eval()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(latent.forward)(torch.rand(1, 4, 16, 16), None)
+    assert explained.graph_break_count == 0, [str(b.reason)[:120] for b in explained.break_reasons]
+
+
+def test_private_copy_keeps_the_haar_backend():
+    for backend in ("builtin", "pytorch_wavelets"):
+        inn = WaveletINN(INNConfig.preset("pixel-small"), haar_backend=backend)
+        assert private_inn_copy(inn).split_op.backend == backend
+
+
 @pytest.mark.slow
 def test_compiled_inn_matches_eager_in_a_guided_run():
     """The real torch.compile (inductor; needs a C++ compiler on CPU; mostly compile time)."""
