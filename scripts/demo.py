@@ -354,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         shutil.rmtree(base, ignore_errors=True)
         release_out_dir(args.out)
-        if not any(p.name != LOCK for p in args.out.iterdir()):
-            args.out.rmdir()  # a run that wrote nothing leaves no folder
+        try:
+            args.out.rmdir()  # only when empty: a run that wrote nothing leaves no folder
+        except OSError:
+            pass
     print()
     print(table)
     print()
