@@ -58,10 +58,8 @@ def run_guided(cls_hidden, model, positive, negative, latent_image, vae, inn, me
 
     def on_finish(run, z):
         outputs["preview"] = run.finish(run.preview(z))
-        if decode_output:
-            with torch.inference_mode(False), torch.no_grad():
-                x = run.autoencoder.decode(z.to(run.device, torch.float32)).float().clamp(0.0, 1.0)
-            outputs["image"] = run.finish(x)
+        if decode_output:  # under the run's out-of-memory guard, as every other decode
+            outputs["image"] = run.finish(run.decode(z))
 
     spec.on_finish = on_finish
     guided = apply_guidance(tiled_model if tiled_model is not None else model, spec)

@@ -2,8 +2,9 @@
 
 The denoiser runs on overlapping latent tiles blended with Gaussian weights (a stackable
 DIFFUSION_MODEL wrapper, tiled_patch.py); the guidance runs on the whole latent; every VAE pass
-(measurement encoding, regulariser, PixelINN decoding, the output image) is tiled on the same
-grid. Returns the latent, the decoded image and the INN-inverse preview.
+(measurement encoding, regulariser, PixelINN decoding, the output image) is tiled with the VAE's
+own tile size and overlap (`vae_tile_size`, `vae_tile_overlap`; the grids coincide when they equal
+the denoiser's). Returns the latent, the decoded image and the INN-inverse preview.
 """
 
 from __future__ import annotations

@@ -507,15 +507,17 @@ class GuidanceRun:
                 x0 = self._decode(zr)  # decoded once, reused by every term and the refinement
                 obj = self._objective_for_step(x0, refine)
                 (grad,) = torch.autograd.grad(obj.h.sum(), zr, retain_graph=refine)
+                # the new z0 before the refinement: the optimiser step stays the action's last
+                # operation, so a retry after running out of memory never refines twice
+                new_z = descent_update(z.detach(), grad, obj.h.detach().clone(), dot_per_item(grad, grad),
+                                       s.step_size, s.step_rule, self.max_step)
                 if refine:
                     rec.refine_loss = self._refine_pixel(obj, z, x0, retain=False)
         finally:
             if refine:
                 set_trainable(self._params, False)
         rec.residual = obj.residual.detach()
-        slope = dot_per_item(grad, grad)
-        return descent_update(z.detach(), grad, obj.h.detach().clone(), slope, s.step_size, s.step_rule,
-                              self.max_step)
+        return new_z
 
     def _gradient_step_zt(self, z_t: Tensor, denoise_fn: DenoiseFn, rec: StepRecord, refine: bool) -> Tensor:
         s = self.settings
@@ -531,16 +533,17 @@ class GuidanceRun:
                 x0 = self._decode(z0f)
                 obj = self._objective_for_step(x0, refine)
                 g_zt, g_z0 = torch.autograd.grad(obj.h.sum(), [zt, z0f], retain_graph=refine)
+                g_zt = g_zt.to(self.device, torch.float32)
+                # the new z0 before the refinement's optimiser step (see _gradient_step_z0)
+                new_z = descent_update(z0f.detach(), g_zt, obj.h.detach().clone(), dot_per_item(g_z0, g_zt),
+                                       s.step_size, s.step_rule, self.max_step)
                 if refine:
                     rec.refine_loss = self._refine_pixel(obj, z0f, x0, retain=False)
         finally:
             if refine:
                 set_trainable(self._params, False)
         rec.residual = obj.residual.detach()
-        g_zt = g_zt.to(self.device, torch.float32)
-        slope = dot_per_item(g_z0, g_zt)
-        return descent_update(z0f.detach(), g_zt, obj.h.detach().clone(), slope, s.step_size, s.step_rule,
-                              self.max_step)
+        return new_z
 
     def _refine_only(self, z: Tensor, rec: StepRecord) -> None:
         """Refinement on a step without guidance (its schedule may be wider than the guidance's)."""
@@ -572,6 +575,14 @@ class GuidanceRun:
             return colour_fix(xf, ref, self.settings.colour_fix).to(x.dtype)
 
     @torch.no_grad()
+    def decode(self, z0: Tensor) -> Tensor:
+        """D(z0) (B,3,H,W) in [0,1], float32, no gradient, under the out-of-memory guard (whole,
+        or tile by tile once a pass has run out of memory): the run's output image."""
+        self._check_latent(z0, "z0")
+        with torch.inference_mode(False), torch.no_grad():
+            z = z0.detach().clone().to(self.device, torch.float32)
+            return self._guarded("decoding the output image", z.shape, lambda: self._decode(z)).clamp(0.0, 1.0)
+
     def preview(self, z0: Tensor) -> Tensor:
         """The INN-inverse preview (B,3,H,W) in [0,1]: pixel INN g^-1(y, g_d(D(z0))), latent INN
         D(g^-1(z_y, g_d(z0))), other modes D(z0)."""

@@ -90,6 +90,42 @@ def test_gradient_step_falls_back_to_tiles_with_the_same_result(caplog):
     assert [r.refined for r in run.records] == [True, True]
 
 
+def test_out_of_memory_after_the_gradient_never_refines_twice(monkeypatch):
+    """The latent update comes before the refinement's optimiser step: running out of memory while
+    computing it retries the step with the INN refined once (it used to take two Adam steps)."""
+    import indigo_core.guidance.run as run_mod
+
+    real, failed = run_mod.descent_update, []
+
+    def once(*args, **kwargs):
+        if not failed:
+            failed.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(*args, **kwargs)
+
+    ref_run = _pixel_run(LinearTestAutoencoder(4, 8), regulariser=False)
+    ref = _steps(ref_run)
+    monkeypatch.setattr(run_mod, "descent_update", once)
+    run = _pixel_run(LinearTestAutoencoder(4, 8), regulariser=False)
+    out = _steps(run)
+    assert failed and run._oom.fallbacks == 1
+    steps = [st["step"] for st in run.optimizer.state.values()]
+    assert steps and all(int(v) == 2 for v in steps)  # two steps run, two Adam steps
+    assert float((out - ref).abs().max()) < 1e-5
+    for p, q in zip(run.inn.parameters(), ref_run.inn.parameters()):  # a second Adam step moves ~lr = 1e-3
+        assert float((p - q).abs().max()) < 1e-4
+
+
+def test_the_output_decode_falls_back_to_tiles():
+    ae = OOMAutoencoder(limit=8)
+    run = _pixel_run(ae, refine=False, regulariser=False)
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    x = run.decode(z)
+    assert ae.failures == 1 and run._oom.tiled and x.shape == (1, 3, 128, 128)
+    ref = LinearTestAutoencoder(4, 8).decode(z).clamp(0, 1)
+    assert float((x - ref).abs().max()) < 1e-5
+
+
 def test_measurement_encoding_and_regulariser_fall_back():
     free = Counter()
     inn = tiny_latent_inn()
