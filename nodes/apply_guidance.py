@@ -8,7 +8,8 @@ work. The input MODEL is not modified.
 from __future__ import annotations
 
 from .common import CATEGORY
-from .guidance_inputs import guidance_core_inputs, guidance_inputs, model_latent_channels, prepare_spec, split_widgets
+from .guidance_inputs import (guidance_core_inputs, guidance_inputs, model_latent_channels, prepare_spec, split_widgets,
+                              warn_other_latent_space)
 from .guidance_patch import apply_guidance
 from .host import io
 
@@ -41,4 +42,5 @@ class ApplyGuidance(io.ComfyNode):
         c = model_latent_channels(model)
         if c is not None:
             spec.check_model(c)
+        warn_other_latent_space(inn, model)
         return io.NodeOutput(apply_guidance(model, spec))

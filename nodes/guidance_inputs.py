@@ -217,6 +217,34 @@ def degradation_tensor(degradation: Any) -> Optional[torch.Tensor]:
     return degradation.float()
 
 
+def warn_other_latent_space(inn: Any, model: Any) -> Optional[str]:
+    """A LatentINN guides in the latent space of the autoencoder it was trained for (Load INN reads
+    its latent format from the model card). When the model's latent format differs (its scale
+    factor, or its latent-to-RGB factors by more than 1e-3), say so in the log and return the
+    message; None when they agree or either side records nothing. Channel counts are checked
+    elsewhere (an error)."""
+    trained = getattr(inn, "trained_latent_format", None)
+    fmt = getattr(getattr(model, "model", None), "latent_format", None)
+    if not trained or fmt is None or getattr(getattr(inn, "config", None), "domain", None) != "latent":
+        return None
+    reasons = []
+    sf_trained, sf_model = trained.get("scale_factor"), getattr(fmt, "scale_factor", None)
+    if sf_trained is not None and sf_model is not None and abs(float(sf_trained) - float(sf_model)) > 1e-6:
+        reasons.append(f"scale factor {sf_model} instead of {sf_trained}")
+    rgb_trained, rgb_model = trained.get("latent_rgb_factors"), getattr(fmt, "latent_rgb_factors", None)
+    if rgb_trained is not None and rgb_model is not None:
+        a, b = torch.tensor(rgb_trained, dtype=torch.float64), torch.tensor(rgb_model, dtype=torch.float64)
+        if a.shape != b.shape or float((a - b).abs().max()) > 1e-3:
+            reasons.append("other latent-to-RGB factors")
+    if not reasons:
+        return None
+    msg = (f"comfyui-indigo: this LatentINN was trained for the latents of {trained.get('file')}, but the model's "
+           f"latent format has {' and '.join(reasons)}: the guidance will pull towards the wrong latents. Use a "
+           "LatentINN trained for this model's VAE (python -m indigo_core.train latent-inn --vae ...) or a PixelINN.")
+    log.warning(msg)
+    return msg
+
+
 def model_latent_channels(model: Any) -> Optional[int]:
     fmt = getattr(getattr(model, "model", None), "latent_format", None)
     c = getattr(fmt, "latent_channels", None)

@@ -14,7 +14,7 @@ from ..indigo_core.errors import ShapeError
 from ..indigo_core.guidance import upsample_measurement
 from .common import CATEGORY
 from .guidance_inputs import (guidance_core_inputs, guidance_inputs, model_latent_channels, prepare_spec,
-                              residual_ui, sampler_inputs, split_widgets)
+                              residual_ui, sampler_inputs, split_widgets, warn_other_latent_space)
 from .guidance_patch import apply_guidance, bchw_to_image, image_to_bchw
 from .host import io, ksample
 
@@ -54,6 +54,7 @@ def run_guided(cls_hidden, model, positive, negative, latent_image, vae, inn, me
     if samples.dim() != 4:
         raise ShapeError(f"latent_image: expected an image latent (B,C,h,w), got shape {tuple(samples.shape)}")
     spec.check(samples.shape, model_latent_channels(model))
+    warn_other_latent_space(inn, model)
     outputs: dict[str, Any] = {}
 
     def on_finish(run, z):

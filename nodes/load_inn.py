@@ -56,9 +56,31 @@ def load_cached_inn(path: str):
             inn = _read_inn(p)
             inn.eval()
             inn.requires_grad_(False)
+        inn.trained_latent_format = trained_latent_format(p)
         return inn
 
     return _cache.get(path, load)
+
+
+def trained_latent_format(path: str) -> dict | None:
+    """For a LatentINN file of the pack: {"file", "scale_factor", "latent_rgb_factors"} of the
+    autoencoder it was trained for, from its model card; None when the file does not record one."""
+    import json
+
+    if not path.lower().endswith(".safetensors"):
+        return None
+    from ..indigo_core.io.weights import read_header
+
+    try:
+        card = json.loads(read_header(path)[1].get("model_card") or "{}")
+    except (IndigoError, OSError, ValueError):
+        return None
+    vae = card.get("vae") if isinstance(card, dict) else None
+    fmt = vae.get("latent_format") if isinstance(vae, dict) else None
+    if not isinstance(fmt, dict):
+        return None
+    return {"file": os.path.basename(str(vae.get("file", "?"))), "scale_factor": fmt.get("scale_factor"),
+            "latent_rgb_factors": fmt.get("latent_rgb_factors")}
 
 
 def clear_cache() -> None:

@@ -139,3 +139,22 @@ def test_refine_or_degradation_a_mode_cannot_use_is_reported(comfy_inprocess, sc
                            degradation=torch.zeros(1, scenes["latent"].inn.config.emb_dim))
     text = caplog.text
     assert "mode 'none' has no INN to refine" in text and "mode 'none' uses no INN" in text
+
+
+def test_a_latent_inn_used_with_another_latent_space_is_reported(comfy_inprocess, caplog):
+    """The bundled LatentINN records the bundled autoencoder's latent format: with the bundled prior
+    nothing is said; with an SD1.5-format model the log says the guidance targets other latents."""
+    import models as M
+
+    host = comfy_inprocess
+    inn = host.run_node("INDIGO_LoadINN", inn_name="indigo-latent-inn.safetensors")[0]
+    assert inn.trained_latent_format["file"] == "indigo-prior-vae.safetensors"
+    prior = host.run_node("INDIGO_LoadPrior", unet_name="indigo-prior-unet.safetensors",
+                          vae_name="indigo-prior-vae.safetensors").outputs[0]
+    warn = host.module("nodes.guidance_inputs").warn_other_latent_space
+    with caplog.at_level(logging.WARNING, logger="comfyui_indigo"):
+        assert warn(inn, prior) is None
+        message = warn(inn, M.gaussian_prior_model(seed=1))  # SD1.5's latent format
+    assert message and "other latent-to-RGB factors" in message and "indigo-prior-vae.safetensors" in caplog.text
+    pixel = host.run_node("INDIGO_LoadINN", inn_name="indigo-pixel-inn-x4.safetensors")[0]
+    assert warn(pixel, M.gaussian_prior_model(seed=1)) is None  # a PixelINN works in pixels
