@@ -8,7 +8,7 @@ import math
 from typing import Callable
 
 
-def _ranged(kind: type, ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+def ranged(kind: type, ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
     """An argparse type: `text` parsed as `kind` (int or float, finite) and accepted when ok(value)."""
     what = "an integer" if kind is int else "a number"
 
@@ -24,8 +24,8 @@ def _ranged(kind: type, ok: Callable[[float], bool], expected: str) -> Callable[
     return parse
 
 
-positive_int = _ranged(int, lambda v: v >= 1, "an integer >= 1")
-non_negative_int = _ranged(int, lambda v: v >= 0, "an integer >= 0")
-positive = _ranged(float, lambda v: v > 0, "a number > 0")
-non_negative = _ranged(float, lambda v: v >= 0, "a number >= 0")
-fraction = _ranged(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+positive_int = ranged(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = ranged(int, lambda v: v >= 0, "an integer >= 0")
+positive = ranged(float, lambda v: v > 0, "a number > 0")
+non_negative = ranged(float, lambda v: v >= 0, "a number >= 0")
+fraction = ranged(float, lambda v: 0 < v < 1, "a number between 0 and 1")

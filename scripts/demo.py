@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
 import host_harness  # noqa: E402  (the server runner the host tests use)
 sys.path.insert(0, str(REPO_ROOT))
-from indigo_core.argtypes import positive, positive_int  # noqa: E402
+from indigo_core.argtypes import positive, positive_int, ranged  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "api" / "indigo_demo_restore_compare.json"
 DEFAULT_PHOTO = REPO_ROOT / "assets" / "photos" / "gcompris_chambord.png"
@@ -60,8 +60,6 @@ def load_workflow(steps: int | None = None) -> dict:
 
 def restore_defaults(mode: str):
     """indigo_core.restore.pipeline.default_settings(mode): the settings the demo graph must hold."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from indigo_core.restore.pipeline import default_settings
 
     return default_settings(mode)
@@ -193,19 +191,12 @@ def prepare_photo(photo: Path, crop: int | None, target: Path) -> tuple[int, int
     return cw, ch
 
 
-def _crop_size(text: str) -> int:
-    import argparse as _ap
-
-    value = int(text)
-    if value < 32:
-        raise _ap.ArgumentTypeError(f"expected a crop of at least 32 pixels, got {text!r}")
-    return value
+#: --crop: at least one 32-pixel block.
+_crop_size = ranged(int, lambda v: v >= 32, "a crop of at least 32 pixels")
 
 
 def lpips_weights_missing() -> str | None:
     """Why the workflow's LPIPS terms cannot run (weights not converted), or None."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
     from indigo_core.metrics.weights import PerceptualWeightsMissing, locate_backbone
 
     try:
