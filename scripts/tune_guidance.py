@@ -36,14 +36,15 @@ SEARCH = {
 }
 
 
-def load_set(photos: Path, n: int, crop: int = 256) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """[(name, x (1,3,crop,crop), y (1,3,crop/4,crop/4))] of n training photos."""
+def load_set(photos: Path, n: int, crop: int = 256, part: str = "train") -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """[(name, x (1,3,crop,crop), y (1,3,crop/4,crop/4))] of n photos of the split's `part`
+    ("train": spread over the training photos; "val": the first n validation photos)."""
     import numpy as np
 
     from indigo_core.degradations import degrade
 
-    train, _ = split(photos)
-    pick = train[:: max(1, len(train) // n)][:n]
+    train, val = split(photos)
+    pick = train[:: max(1, len(train) // n)][:n] if part == "train" else val[:n]
     out = []
     for i, f in enumerate(pick):
         arr = np.asarray(centre_crop(f, crop), dtype=np.float32) / 255.0

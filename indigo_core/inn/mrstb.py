@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 from timm.models.swin_transformer import SwinTransformerBlock
 
@@ -88,7 +89,7 @@ class MRSTB(nn.Module):
 
     def forward(self, x: Tensor, gamma: Optional[Tensor] = None) -> Tensor:
         """x (B,hidden,H,W), gamma (B,emb_dim) or None -> (B,hidden,H,W)."""
-        h = x.permute(0, 2, 3, 1)
+        h = rearrange(x, "b c h w -> b h w c")  # timm Swin layers are channels-last
         H, W = h.shape[1], h.shape[2]
         win = self.layers[0].window_size
         ph, pw = (-H) % win[0], (-W) % win[1]
@@ -97,7 +98,7 @@ class MRSTB(nn.Module):
                 h = layer(F.pad(h, (0, 0, 0, pw, 0, ph)))[:, :H, :W]
             else:
                 h = layer(h)
-        h = h.permute(0, 3, 1, 2)
+        h = rearrange(h, "b h w c -> b c h w")
         if gamma is not None:
             h = h * self.fc(gamma)[:, :, None, None]
         return x + h

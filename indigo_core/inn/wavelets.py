@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
@@ -73,14 +74,12 @@ def _check_even(x: Tensor, what: str) -> None:
 
 def _bands_to_detail(bands: Tensor) -> Tensor:
     """(B,C,3,h,w) -> (B,3C,h,w), band-major."""
-    b, c, _, h, w = bands.shape
-    return bands.transpose(1, 2).reshape(b, 3 * c, h, w)
+    return rearrange(bands, "b c k h w -> b (k c) h w")
 
 
 def _detail_to_bands(detail: Tensor, channels: int) -> Tensor:
     """(B,3C,h,w) -> (B,C,3,h,w)."""
-    b, _, h, w = detail.shape
-    return detail.reshape(b, 3, channels, h, w).transpose(1, 2)
+    return rearrange(detail, "b (k c) h w -> b c k h w", c=channels)
 
 
 class Split(nn.Module):

@@ -16,6 +16,7 @@ import torch
 from indigo_core.errors import IndigoError
 from indigo_core.guidance import (GuidanceMemoryError, GuidanceRun, GuidanceSettings, LinearTestAutoencoder,
                                   RefineSettings, Schedule, is_out_of_memory)
+from indigo_core.guidance.memory import OutOfMemoryGuard
 
 from _guidance_toy import pixel_small_inn, tiny_latent_inn
 
@@ -162,11 +163,30 @@ def test_still_out_of_memory_stops_with_the_settings_to_change():
     # an OOM error to hosts (ComfyUI then unloads its models as for any OOM) and one of ours
     assert isinstance(err, torch.OutOfMemoryError) and isinstance(err, IndigoError)
     text = str(err)
-    for hint in ("Tiled INDIGO", "vae_tile_size", "fp16", "checkpointing", "latent_inn", "latent 16x16",
+    for hint in ("Tiled INDIGO", "vae_tile_size", "fp16", "INN checkpointed", "latent_inn", "latent 16x16",
                  "tiles of 8 latent pixels", "Tried to allocate"):
         assert hint in text, hint
+    # the advice fits the action that failed: nothing about the model's gradient or the refinement
+    assert "grad_wrt" not in text and "INN Refine" not in text
     assert err.__cause__ is None and err.__context__ is None  # no traceback holding the failed tensors
     assert free.calls == 2 and ae.failures == 2
+
+
+@pytest.mark.parametrize("what,wanted,unwanted", [
+    ("running the LatentINN", "INN Refine", "vae_tile_size"),
+    ("refining the INN", "smaller image", "grad_wrt"),
+    ("computing the guidance gradient through the denoiser", "grad_wrt 'z0'", "INN Refine"),
+    ("re-encoding (regulariser)", "regulariser input", "grad_wrt"),
+    ("decoding the output image", "vae_tile_size", "regulariser"),
+])
+def test_the_final_advice_names_what_helps_the_action_that_failed(what, wanted, unwanted):
+    def fail():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(GuidanceMemoryError) as info:
+        OutOfMemoryGuard().run(what, (1, 4, 64, 64), fail)
+    text = str(info.value)
+    assert what in text and "latent 64x64" in text and wanted in text and unwanted not in text
 
 
 def test_runtime_error_out_of_memory_is_handled_other_errors_propagate():
