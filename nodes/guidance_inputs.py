@@ -120,7 +120,7 @@ def guidance_inputs(colour_fix: bool = False) -> list:
                        tooltip="auto: LatentINN guidance (Algorithm 2) for a latent INN, PixelINN guidance "
                                "(Algorithm 1) for a pixel INN. ldps: ||y - g_c(D(z0))|| only; hgs: Sobel "
                                "high-pass of D(z0) vs of up(y); pgdiff: MSE to the 'restoration' image; none: "
-                               "no guidance (baseline; regulariser and refinement still run)."),
+                               "no guidance (baseline; the regulariser still runs)."),
         io.Float.Input("zeta", default=0.3, min=0.0, max=1.0, step=0.01,
                        tooltip="LatentINN strength: z0 <- z0 + zeta (z_inv - z0). 1 = the INN's answer, 0 = none. "
                                "The paper found smaller better up to an optimum; 0.3 is our default."),
