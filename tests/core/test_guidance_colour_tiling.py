@@ -139,7 +139,10 @@ def test_feathered_tiles_reproduce_a_local_function_exactly(out_scale, size, til
         seams = tiled_apply(lambda t, r: f(t), z, tile, overlap, sigma_fraction=0.25)
         assert float((seams - full).abs().max()) > 0.02  # what the wide Gaussian window used to leave
     # identity and constants are kept by either window
-    torch.testing.assert_close(tiled_apply(lambda t, r: t, z, tile, overlap, window="feather"), z, atol=1e-6, rtol=1e-6)
+    for window in ("gaussian", "feather"):
+        torch.testing.assert_close(tiled_apply(lambda t, r: t, z, tile, overlap, window=window), z, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(tiled_apply(lambda t, r: torch.full_like(t, 3.0), z, tile, overlap, window=window),
+                                   torch.full_like(z, 3.0), atol=1e-6, rtol=0)
     with pytest.raises(ConfigError, match="window"):
         tiled_apply(lambda t, r: t, z, tile, overlap, window="hann")
 

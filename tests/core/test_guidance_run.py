@@ -241,13 +241,16 @@ def test_user_inn_untouched_private_copy_refined(mode):
     else:
         inn, y, _ = _pixel_case(h=4)
         shape = (1, 4, 4, 4)
+    for k, p in enumerate(inn.parameters()):  # a mix of flags, as a user's partly frozen INN
+        p.requires_grad_(k % 2 == 0)
+    flags = [p.requires_grad for p in inn.parameters()]
     before = params_hash(inn)
     st = GuidanceSettings(mode=mode, w_p=0.0, refine=RefineSettings(lr=1e-3))
     run = GuidanceRun(st, measurement=y, latent_shape=shape, autoencoder=AE, inn=inn)
     sample(_prior(shape), torch.randn(*shape, generator=_gen(0)), karras_sigmas(6), run)
     assert params_hash(inn) == before
     assert params_hash(run.inn) != before  # the private copy was refined
-    assert all(not p.requires_grad for p in inn.parameters()) or True  # user's flags untouched below
+    assert [p.requires_grad for p in inn.parameters()] == flags  # the user's flags untouched
     assert all(p.grad is None for p in inn.parameters())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -93,5 +95,5 @@ def test_settings_defaults_and_validation():
     with pytest.raises(ConfigError, match="lr"):
         RefineSettings(lr=0.0)
     # frozen
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.zeta = 0.1  # type: ignore[misc]

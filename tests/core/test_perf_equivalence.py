@@ -68,7 +68,9 @@ def test_fused_window_attention_matches_timm_softmax(preset, shape):
     plain = WaveletINN(INNConfig.preset(preset)).eval()
     plain.load_state_dict(fused.state_dict())
     _set_fused(plain, False)
-    assert all(m.fused_attn for m in fused.modules() if hasattr(m, "fused_attn"))
+    flags = [m.fused_attn for m in fused.modules() if hasattr(m, "fused_attn")]
+    assert flags and all(flags)  # the INN has window attentions, all on the fused path
+    assert not any(m.fused_attn for m in plain.modules() if hasattr(m, "fused_attn"))
     x = torch.rand(shape)
     gamma = torch.randn(shape[0], 128)
     outs = []
@@ -160,6 +162,9 @@ def test_guided_run_with_checkpointing_matches_plain(options):
     assert max(_max_diff(a, b) for a, b in zip(ref, ck)) < 1e-5  # in fact: rounding only
     for p, q in zip(run_ref.inn.parameters(), run_ck.inn.parameters()):
         assert _max_diff(p, q) < 1e-6  # the refinement saw the same gradients
+    # ... and it did refine: the private copies moved away from the INN they started from
+    start = pixel_small_inn()
+    assert max(_max_diff(p, q) for p, q in zip(run_ck.inn.parameters(), start.parameters())) > 1e-4
 
 
 def test_compile_off_equals_reference_latent_update():

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,8 +189,17 @@ def test_normalise_latents_is_exact(tiny_ae: AutoencoderKL) -> None:
 
 
 def test_latent_rgb_factors_fit_a_linear_map(tiny_ae: AutoencoderKL) -> None:
-    factors, bias = latent_rgb_factors(tiny_ae, torch.rand(2, 3, 32, 32))
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    factors, bias = latent_rgb_factors(tiny_ae, images)
     assert len(factors) == 4 and all(len(r) == 3 for r in factors) and len(bias) == 3
+    # the least-squares fit (NumPy's solver) of model-space latents to the 1/8-size image on [-1,1]
+    with torch.no_grad():
+        z = (tiny_ae.encode(images) * tiny_ae.scale_factor).permute(0, 2, 3, 1).reshape(-1, 4).double().numpy()
+        rgb = torch.nn.functional.avg_pool2d(images * 2 - 1, 8).permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+    design = np.concatenate([z, np.ones((len(z), 1))], axis=1)
+    want = np.linalg.lstsq(design, rgb, rcond=None)[0]
+    np.testing.assert_allclose(np.array(factors), want[:4], atol=6e-5, rtol=0)  # rounded to 4 decimals
+    np.testing.assert_allclose(np.array(bias), want[4], atol=6e-5, rtol=0)
 
 
 def test_prior_never_imports_the_host() -> None:

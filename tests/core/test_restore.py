@@ -279,8 +279,11 @@ def test_torchrun_two_ranks_give_the_single_process_results(tiny_models, lq_fold
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "restored 3 image(s)" in proc.stderr and "on 2 process(es)" in proc.stderr
-    for p in single.rglob("*.png"):
-        assert np.array_equal(_png(p), _png(sharded / p.relative_to(single)))
+    written = sorted(p.relative_to(single).as_posix() for p in single.rglob("*.png"))
+    assert written == sorted(p.relative_to(sharded).as_posix() for p in sharded.rglob("*.png")) == \
+        ["a.png", "b.png", "sub/c.png"]
+    for name in written:
+        assert np.array_equal(_png(single / name), _png(sharded / name))
 
 
 # ----------------------------------------------------------------------------- stage 1

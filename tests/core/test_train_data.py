@@ -96,6 +96,8 @@ def test_samples_depend_only_on_seed_and_global_index(tmp_path):
     # validation samples are fixed
     val = ValCrops(sets.val, 32, seed=7, degrade=Degrader(preset="medium"))
     assert torch.equal(val[0].y, val[0].y)
+    again = ValCrops(sets.val, 32, seed=7, degrade=Degrader(preset="medium"))  # a later validation pass
+    assert torch.equal(again[0].x, val[0].x) and torch.equal(again[0].y, val[0].y)
     batch = collate([ds[i] for i in range(3)])
     assert batch["x"].shape == (3, 3, 32, 32) and batch["index"].tolist() == [0, 1, 2]
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from _train_helpers import QUIET, TINY_INN, halving_ratio, losses, make_crops
+from _train_helpers import QUIET, TINY_INN, halving_ratio, losses, make_crops, max_weight_diff
 from indigo_core.train import run
 
 pytestmark = pytest.mark.slow
@@ -51,3 +51,8 @@ def test_teacher_then_student_and_export(tmp_path):
     assert done["step"] == 2
     inn_card = json.loads((inn_out / "pixel_inn.card.json").read_text())
     assert inn_card["estimator"] == str(out / "estimator.safetensors")
+    # gamma really enters the run: the same run without the estimator trains other weights
+    plain_out = tmp_path / "inn_plain"
+    run(["pixel-inn", "--data", str(crops), "--val-count", "2", "--out", str(plain_out), "--crop", "32",
+         "--batch-size", "2", "--steps", "2", "--val-every", "0", *TINY_INN, *QUIET])
+    assert max_weight_diff(inn_out / "pixel_inn.safetensors", plain_out / "pixel_inn.safetensors") > 1e-6

@@ -38,7 +38,11 @@ def test_latent_inn_loss_halves_cache_is_reused_and_export_loads(data, tmp_path,
     curve = losses(out)
     assert summary["step"] == 50 and len(curve) == 50
     assert halving_ratio(curve) <= 0.5, f"loss {curve[:5]} ... {curve[-5:]}"
-    assert losses(out, "inv")[-1] < 1.0  # the decoded-reconstruction term is part of the loss
+    assert losses(out, "inv")[-1] < 1.0
+    # the decoded-reconstruction term is part of the loss: L = L_fwd + lambda_inv L_inv (lambda_inv 1)
+    fwd, inv = losses(out, "fwd"), losses(out, "inv")
+    assert min(inv) > 0
+    assert all(abs(total - (f + i)) <= 1e-5 * total for total, f, i in zip(curve, fwd, inv))
 
     inn = load_inn(out / "latent_inn.safetensors")
     assert inn.config.domain == "latent" and inn.config.channels == 4 and inn.config.scale == 1

@@ -153,7 +153,7 @@ def ui(comfy_server, files):
     except bh.BrowserSetupError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
-        browser.load_seconds = browser.open()
+        browser.open()
         yield browser
     finally:
         browser.close()
@@ -263,7 +263,7 @@ def test_inn_info_route(comfy_server) -> None:
 
 
 def test_page_opens_with_the_extension(ui) -> None:
-    assert ui.load_seconds < 60
+    # (opening the page is bounded by Browser.open's timeout; its duration is not asserted)
     assert ui.js("() => app.extensions.filter((e) => e.name.startsWith('comfyui-indigo')).map((e) => e.name)") == \
         ["comfyui-indigo.ui"]
     assert ui.js("() => app.queuePrompt.indigoWrapped === true")

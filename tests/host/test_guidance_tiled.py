@@ -120,7 +120,7 @@ def test_controlnet_residuals_are_cut_to_the_tile(comfy_inprocess):
     assert torch.equal(cut["input"][0], control["input"][0][..., 8:24, 16:32])
     assert torch.equal(cut["input"][1], control["input"][1][..., 2:6, 4:8])
     assert cut["middle"] == [None]
-    with pytest.raises(core.errors.ConfigError if hasattr(core, "errors") else Exception, match="multiples of 8"):
+    with pytest.raises(core.errors.ConfigError, match="multiples of 8"):
         tp._slice_control(control, tiling.TileRegion(3, 0, 16, 16), 32, 32)
 
 
@@ -140,6 +140,12 @@ def test_start_image_sets_the_start_latent(comfy_inprocess, scene):
     a, b = from_image.outputs[0]["samples"], from_y.outputs[0]["samples"]
     assert a.shape == b.shape == s.latent()["samples"].shape
     assert not torch.allclose(a, b, atol=1e-3)
+    # the output latent is E(start_image), encoded tile by tile with the VAE tile size and overlap
+    gp = host.module("nodes.guidance_patch")
+    tiled_vae = gp.TiledAutoencoder(gp.ComfyVAEAutoencoder(s.vae, differentiable=False), TILE, OVERLAP)
+    with torch.no_grad():
+        want = tiled_vae.encode(image.movedim(-1, 1)).float()
+    torch.testing.assert_close(a.float(), want, atol=1e-4, rtol=1e-4)
     # decoding the start gives back (roughly) the start image: the latent is E(image), not E(up(y))
     decoded = from_image.outputs[1]
     err_image = float((decoded - image).abs().mean())

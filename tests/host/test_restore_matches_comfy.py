@@ -10,6 +10,8 @@ against the Stage-1 image, as in the demo workflow.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -97,8 +99,14 @@ def test_restore_cli_pipeline_equals_the_guided_ksampler(comfy_inprocess, mode, 
     assert theirs.shape == ours.shape == (1, 3, 64, 64)
     diff = (theirs - ours).abs()
     assert float(diff.max()) < 1e-4, f"max |ComfyUI - restore CLI| = {float(diff.max()):.2e}"
-    # and the guidance did something (not two copies of the same trivial output)
+    # not two copies of the same trivial output
     assert float(ours.std()) > 0.01
+    if mode != "unguided":  # and the guidance did something: the unguided run of the same settings differs
+        with torch.inference_mode(False):
+            plain = restore.restore_image(y, restore.load_models(
+                "unguided", prior_vae=str(files["vae"]), prior_unet=str(files["unet"]), estimator=None,
+                restorer=str(files["restorer"])), dataclasses.replace(settings, mode="unguided"))
+        assert float((ours - plain).abs().max()) > 1e-2, float((ours - plain).abs().max())
 
 
 def test_start_image_batch_must_match_the_latent(comfy_inprocess):
