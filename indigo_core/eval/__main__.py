@@ -29,7 +29,11 @@ log = logging.getLogger("indigo_core.eval")
 def _pairs(values: list[str], what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for v in values or []:
-        if "=" in v:
+        # a bare results folder whose path holds "=" (e.g. runs/lr=1e-4) is that folder, unless
+        # splitting at the first "=" also names an existing folder
+        after = v.partition("=")[2]
+        bare_dir = what == "results" and Path(v).is_dir() and not (after and Path(after).is_dir())
+        if "=" in v and not bare_dir:
             name, _, val = v.partition("=")
         elif what == "results":
             name, val = Path(v).name, v

@@ -6,6 +6,7 @@ Every problem is a DatasetError naming the folder and the files concerned.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,12 @@ from ..errors import DatasetError
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "match_folders", "load_image", "image_size"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+log = logging.getLogger("indigo_core.eval")
+
+# Pillow has no 16-bit colour mode: it decodes 16-bit-per-channel RGB(A) PNGs and TIFFs to 8-bit
+# RGB, keeping the high byte of each sample. Such files are read at 8 bits, with a warning.
+_warned_8bit: set[str] = set()
 
 
 def _few(names, n: int = 5) -> str:
@@ -91,9 +98,20 @@ def match_folders(gt: str | Path, results: dict[str, str | Path], inputs: str | 
     return sorted(gt_files), gt_files, res_files, in_files
 
 
+def _is_wide_colour(im) -> bool:
+    """Whether Pillow reads `im` (a colour image) from 16 bits per sample (its raw decoder mode)."""
+    for tile in im.tile or []:
+        args = tile[3]
+        mode = args[0] if isinstance(args, tuple) and args else args
+        if isinstance(mode, str) and ";16" in mode:
+            return True
+    return False
+
+
 def load_image(path: Path) -> torch.Tensor:
     """(1,3,H,W) float32 RGB in [0,1] (grey and RGBA images are converted; alpha dropped).
-    16-bit images are scaled from 0..65535."""
+    16-bit grey images are scaled from 0..65535; 16-bit colour images are read at 8 bits per channel
+    (Pillow keeps the high byte), with a warning."""
     from PIL import Image
 
     try:
@@ -102,6 +120,12 @@ def load_image(path: Path) -> torch.Tensor:
                 arr = np.asarray(im, dtype=np.float64) / 65535.0
                 arr = np.repeat(arr[..., None], 3, axis=-1)
                 return torch.from_numpy(arr).permute(2, 0, 1)[None].float().clamp(0, 1)
+            if _is_wide_colour(im) and str(Path(path).parent) not in _warned_8bit:
+                _warned_8bit.add(str(Path(path).parent))
+                log.warning("%s: a 16-bit-per-channel colour image, read at 8 bits per channel (the low byte is "
+                            "lost: the PSNR of near-lossless results comes out low); so are the other such files "
+                            "in %s. Convert them to 8 bits (or to 16-bit grey) to score them exactly.",
+                            path, Path(path).parent)
             arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except OSError as exc:
         raise DatasetError(f"{path}: not a readable image ({exc})") from exc

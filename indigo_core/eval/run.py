@@ -341,8 +341,19 @@ def rebuild_table(csv_paths: list[Path], out: Path | None = None, overwrite: boo
     from .report import read_csv
 
     rows = []
+    seen: dict[tuple[str, str, str], Path] = {}
     for p in csv_paths:
-        rows += read_csv(p)
+        for r in read_csv(p):
+            # the same (level, method, image) twice (the same CSV given twice, or two runs of one
+            # level and method) would be averaged in silently: counted twice, or two runs blended
+            key = (r["level"], r["method"], r["file"])
+            if key in seen:
+                what = "its FID row" if r["file"] == "*" else f"image {r['file']!r}"
+                where = f"twice in {p} (a CSV given twice?)" if seen[key] == Path(p) else f"in both {seen[key]} and {p}"
+                raise DatasetError(f"results CSVs: level {r['level']!r}, method {r['method']!r}, {what} appears "
+                                   f"{where}; each (level, method, image) must appear once")
+            seen[key] = Path(p)
+            rows.append(r)
     if not rows:
         raise DatasetError(f"results CSV(s) {', '.join(map(str, csv_paths))}: no rows")
     table = markdown_table(rows)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, InputValueError, ShapeError
 from .psnr import check_pair, rgb_to_y
 
 __all__ = ["ssim"]
@@ -56,11 +56,13 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, window: s
     input dtype (a loss). Returns (B,) in [-1, 1].
     """
     check_pair(x, y, "ssim", (3,) if y_channel else (1, 3))
+    if not data_range > 0:
+        raise InputValueError(f"ssim: expected data_range > 0, got {data_range}")
     if not differentiable:
         dt = torch.float32 if x.device.type == "mps" else torch.float64
         x, y = x.detach().to(dt), y.detach().to(dt)
     if y_channel:
-        x, y = rgb_to_y(x), rgb_to_y(y)
+        x, y = rgb_to_y(x, data_range), rgb_to_y(y, data_range)
     w = _window_1d(window, win_size, sigma, x.dtype, x.device)
     n = w.shape[0]
     if min(x.shape[-2:]) < n:

@@ -104,6 +104,24 @@ def test_table_spans_levels_from_several_csvs(folders, tmp_path):
     assert "- / -" not in table and " / -" in table  # no LPIPS column computed: shown as '-'
 
 
+def test_table_from_csvs_refuses_rows_it_would_count_twice(folders, tmp_path):
+    """The same CSV given twice, or two runs of one level and method, used to be merged silently:
+    'Images 8' for 4 images, or the means of two different runs blended into one row."""
+    a = evaluate(_opts(folders, tmp_path / "a", metrics=("psnr",), grid_rows=1)).files["results.csv"]
+    b = evaluate(_opts(folders, tmp_path / "b", results={"blur": folders / "noisy"}, metrics=("psnr",),
+                       grid_rows=1)).files["results.csv"]
+    with pytest.raises(DatasetError, match=r"level 'medium', method 'blur', image 'img0.png' appears twice in"):
+        rebuild_table([a, a])
+    with pytest.raises(DatasetError, match=r"method 'blur', image 'img0.png' appears in both .*a/medium/results.csv "
+                                           r"and .*b/medium/results.csv"):
+        rebuild_table([a, b])
+    assert eval_main(["--from-csv", str(a), str(a), "--out", str(tmp_path / "t")]) == 2
+    assert not (tmp_path / "t").exists()
+    # distinct levels or methods still combine
+    c = evaluate(_opts(folders, tmp_path / "c", level="mild", metrics=("psnr",), grid_rows=1)).files["results.csv"]
+    assert "| medium | blur | 4 |" in rebuild_table([a, c]) and "| mild | blur | 4 |" in rebuild_table([a, c])
+
+
 def test_fid_is_computed_when_a_feature_net_is_given(folders, tmp_path):
     def colour_stats(x):  # a tiny stand-in feature net: per-channel means and stds
         return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
@@ -149,9 +167,92 @@ def test_bad_folders_get_clear_errors(folders, tmp_path, capsys, metrics_weights
         evaluate(_opts(folders, tmp_path / "o", gt=tiny_gt, results={"t": tiny_res}, metrics=("lpips",),
                        weights_dir=metrics_weights_dir))
     # the CLI turns them into a message and exit status 2
-    rc = eval_main(["--gt", str(empty), "--results", f"a={folders / 'blur'}", "--out", str(tmp_path / "o")])
+    rc = eval_main(["--gt", str(empty), "--results", f"a={folders / 'blur'}", "--out", str(tmp_path / "o"),
+                    "--weights-dir", str(metrics_weights_dir)])  # so the folder, not the weights lookup, fails
     assert rc == 2 and "empty" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_results_folder_whose_path_holds_an_equals_sign(folders, tmp_path, capsys):
+    """--results accepts a bare folder; one named like runs/lr=1e-4 used to be split at '=' into a
+    method 'runs/lr' with folder '1e-4' ('not a folder')."""
+    odd = tmp_path / "sweep" / "lr=1e-4"
+    odd.mkdir(parents=True)
+    for p in sorted((folders / "blur").glob("*.png")):
+        (odd / p.name).write_bytes(p.read_bytes())
+    rc = eval_main(["--gt", str(folders / "gt"), "--results", str(odd), f"noisy={folders / 'noisy'}",
+                    "--metrics", "psnr", "--grid-rows", "1", "--out", str(tmp_path / "o")])
+    assert rc == 0, capsys.readouterr().err
+    rows = read_csv(tmp_path / "o" / "custom" / "results.csv")
+    assert [r["method"] for r in rows if r["file"] != "*"] == ["lr=1e-4"] * 4 + ["noisy"] * 4
+    # NAME=DIR still splits at the first '=' when that names a folder
+    rc = eval_main(["--gt", str(folders / "gt"), "--results", f"b={odd}", "--metrics", "psnr", "--grid-rows", "1",
+                    "--out", str(tmp_path / "o2")])
+    assert rc == 0 and {r["method"] for r in read_csv(tmp_path / "o2" / "custom" / "results.csv")} == {"b"}
+
+
+def _write_png16(path: Path, arr: np.ndarray) -> None:
+    """A 16-bit RGB/RGBA PNG (Pillow cannot write one); rows cycle through the five PNG filters
+    (None, Sub, Up, Average, Paeth) so that the reader's unfiltering is exercised."""
+    import struct
+    import zlib
+
+    h, w, c = arr.shape
+    bpp = 2 * c
+    prev, raw = None, b""
+    for y in range(h):
+        x = np.frombuffer(arr[y].astype(">u2").tobytes(), np.uint8).astype(np.int32)
+        up = prev if prev is not None else np.zeros_like(x)
+        left = np.concatenate([np.zeros(bpp, np.int32), x[:-bpp]])
+        ul = np.concatenate([np.zeros(bpp, np.int32), up[:-bpp]])
+        p = left + up - ul
+        pa, pb, pc = abs(p - left), abs(p - up), abs(p - ul)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
+        pred = (np.zeros_like(x), left, up, (left + up) // 2, paeth)[y % 5]
+        raw += bytes([y % 5]) + ((x - pred) % 256).astype(np.uint8).tobytes()
+        prev = x
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2 if c == 3 else 6, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def test_16_bit_colour_images_are_read_at_8_bits_and_say_so(folders, tmp_path, caplog):
+    """Pillow reads 16-bit RGB(A) PNGs and TIFFs at 8 bits (the high byte): such a file loads as its
+    high byte over 255, and the loss is reported once per folder (it used to be silent while the
+    docstring promised 16-bit precision)."""
+    import tifffile
+
+    from indigo_core.eval.folders import load_image
+
+    a8 = np.asarray(Image.open(folders / "gt" / "img0.png").convert("RGB")).astype(np.float64)
+    rng = np.random.default_rng(0)
+    a16 = np.clip(a8 * 257 + rng.uniform(-128, 128, a8.shape), 0, 65535).round().astype(np.uint16)
+    high = torch.from_numpy((a16 >> 8) / 255.0).permute(2, 0, 1)[None].float()
+    files = {"rgb.png": lambda f: _write_png16(f, a16),
+             "rgba.png": lambda f: _write_png16(f, np.dstack([a16, a16[..., :1]])),
+             "le.tif": lambda f: tifffile.imwrite(f, a16, photometric="rgb", rowsperstrip=7),
+             "be.tif": lambda f: tifffile.imwrite(f, a16, photometric="rgb", byteorder=">")}
+    for name, write in files.items():
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        write(folder / name)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="indigo_core.eval"):
+            got = load_image(folder / name)
+            again = load_image(folder / name)
+        torch.testing.assert_close(got, high, atol=1e-7, rtol=0, msg=name)
+        torch.testing.assert_close(again, got, msg=name)
+        warnings = [r for r in caplog.records if "16-bit-per-channel colour image" in r.getMessage()]
+        assert len(warnings) == 1 and name in warnings[0].getMessage(), name
+    # an 8-bit image says nothing
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="indigo_core.eval"):
+        load_image(folders / "gt" / "img0.png")
+    assert "16-bit" not in caplog.text
 
 
 def test_make_inputs_alone_writes_the_degraded_inputs(folders, tmp_path, capsys):

@@ -86,6 +86,29 @@ def test_ssim_matches_skimage(window, load_photo, photo_paths):
     assert ssim(real_a.float(), real_b.float(), window=window, y_channel=True).item() == pytest.approx(want, abs=1e-6)
 
 
+def test_y_channel_metrics_follow_data_range(load_photo, photo_paths):
+    """Images on the 0..255 scale (data_range=255) give the same Y-SSIM/Y-PSNR as on 0..1 and as
+    scikit-image's rgb2ycbcr Y: the BT.601 offset 16 scales with data_range. (A fixed 16/255 offset
+    moved Y-SSIM of 0..255 images by up to 6e-3 on real photos.)"""
+    g = torch.Generator().manual_seed(5)
+    for i in (0, 20):
+        a = load_photo(photo_paths[i], 96).double()
+        b = ((a * 255 + 8 * torch.randn(a.shape, generator=g, dtype=torch.float64)).round().clamp(0, 255)) / 255
+        ya, yb = rgb2ycbcr(_np(a))[..., 0], rgb2ycbcr(_np(b))[..., 0]
+        want = structural_similarity(ya, yb, data_range=255.0, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=False)
+        assert ssim(a * 255, b * 255, data_range=255, y_channel=True).item() == pytest.approx(want, abs=1e-9)
+        assert ssim(a, b, y_channel=True).item() == pytest.approx(want, abs=1e-9)
+        assert psnr(a * 255, b * 255, data_range=255, y_channel=True).item() == pytest.approx(
+            psnr(a, b, y_channel=True).item(), abs=1e-9)
+    from indigo_core.metrics import rgb_to_y
+
+    torch.testing.assert_close(rgb_to_y(a * 255, 255), torch.from_numpy(rgb2ycbcr(_np(a))[..., 0])[None, None],
+                               atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="data_range"):
+        ssim(a, b, data_range=0)
+
+
 def test_ssim_loss_mode_and_errors():
     a = torch.rand(2, 3, 32, 32, requires_grad=True)
     s = ssim(a, a.detach().flip(-1), differentiable=True)
