@@ -20,6 +20,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 log = logging.getLogger("indigo_core.eval")
 
+_ORIENTATION = 0x0112  # the EXIF orientation tag
+
 # Pillow has no 16-bit colour mode: it decodes 16-bit-per-channel RGB(A) PNGs and TIFFs to 8-bit
 # RGB, keeping the high byte of each sample. Such files are read at 8 bits, with a warning.
 _warned_8bit: set[str] = set()
@@ -52,7 +54,9 @@ def image_size(path: Path) -> tuple[int, int]:
 
     try:
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            # shown turned by a quarter (EXIF orientations 5-8), as load_image reads it
+            return (h, w) if im.getexif().get(_ORIENTATION) in (5, 6, 7, 8) else (w, h)
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetError(f"{path}: not a readable image ({exc})") from exc
 
@@ -109,18 +113,20 @@ def _is_wide_colour(im) -> bool:
 
 
 def load_image(path: Path) -> torch.Tensor:
-    """(1,3,H,W) float32 RGB in [0,1] (grey and RGBA images are converted; alpha dropped).
-    16-bit grey images are scaled from 0..65535; 16-bit colour images are read at 8 bits per channel
+    """(1,3,H,W) float32 RGB in [0,1] (grey and RGBA images are converted; alpha dropped), turned
+    as its EXIF orientation says. 16-bit grey images are scaled from 0..65535; 16-bit colour images are read at 8 bits per channel
     (Pillow keeps the high byte), with a warning."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
+            wide = _is_wide_colour(im)  # (read from the file's decoder before any copy)
+            im = ImageOps.exif_transpose(im)  # as the image is shown (and as ComfyUI's Load Image reads it)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float64) / 65535.0
                 arr = np.repeat(arr[..., None], 3, axis=-1)
                 return torch.from_numpy(arr).permute(2, 0, 1)[None].float().clamp(0, 1)
-            if _is_wide_colour(im) and str(Path(path).parent) not in _warned_8bit:
+            if wide and str(Path(path).parent) not in _warned_8bit:
                 _warned_8bit.add(str(Path(path).parent))
                 log.warning("%s: a 16-bit-per-channel colour image, read at 8 bits per channel (the low byte is "
                             "lost: the PSNR of near-lossless results comes out low); so are the other such files "

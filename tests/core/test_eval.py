@@ -255,6 +255,26 @@ def test_16_bit_colour_images_are_read_at_8_bits_and_say_so(folders, tmp_path, c
     assert "16-bit" not in caplog.text
 
 
+def test_exif_orientation_is_applied_to_sizes_and_pixels(folders, tmp_path):
+    """A JPEG whose EXIF says "turned a quarter" is scored as it is shown (as ComfyUI's Load Image
+    reads it): its size is the turned one and its pixels are turned, so a result made from the
+    shown image matches it; it used to be read as stored."""
+    from indigo_core.eval.folders import image_size, load_image
+
+    shown = np.asarray(Image.open(folders / "gt" / "img0.png").convert("RGB"))[:, :40]  # not square
+    stored = np.ascontiguousarray(np.rot90(shown, 1))  # orientation 6: turn the stored image 90 degrees clockwise to show it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.png", exif=exif)
+    assert image_size(tmp_path / "turned.png") == (shown.shape[1], shown.shape[0])
+    got = load_image(tmp_path / "turned.png")
+    want = torch.from_numpy(shown.copy()).permute(2, 0, 1)[None].float() / 255.0
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # an image without orientation is read as stored
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    assert image_size(tmp_path / "plain.png") == (stored.shape[1], stored.shape[0])
+
+
 def test_make_inputs_alone_writes_the_degraded_inputs(folders, tmp_path, capsys):
     """README's first evaluation step: --make-inputs without methods only writes the inputs."""
     rc = eval_main(["--gt", str(folders / "gt"), "--level", "medium", "--make-inputs", "--out", str(tmp_path)])
