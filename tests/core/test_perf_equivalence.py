@@ -50,7 +50,7 @@ class ConvTestAutoencoder(nn.Module):
 
 
 def _max_diff(a, b) -> float:
-    return float((a - b).abs().max())
+    return float((a - b).detach().abs().max())
 
 
 def _set_fused(inn: nn.Module, fused: bool) -> None:
