@@ -18,6 +18,7 @@ from ..indigo_core.errors import ConfigError, InputValueError, ShapeError
 from ..indigo_core.guidance import GuidanceSettings, RefineSettings, Schedule
 from ..indigo_core.guidance.run import require_perceptual_weights
 from ..indigo_core.guidance.settings import INN_DOMAIN
+from ..indigo_core.io.cards import latent_space_differences
 from .common import INN
 from .guidance_patch import GuidanceSpec, image_to_bchw
 from .host import SAMPLER_NAMES, SCHEDULER_NAMES, io, metrics_weights_dir
@@ -227,20 +228,35 @@ def warn_other_latent_space(inn: Any, model: Any) -> Optional[str]:
     fmt = getattr(getattr(model, "model", None), "latent_format", None)
     if not trained or fmt is None or getattr(getattr(inn, "config", None), "domain", None) != "latent":
         return None
-    reasons = []
-    sf_trained, sf_model = trained.get("scale_factor"), getattr(fmt, "scale_factor", None)
-    if sf_trained is not None and sf_model is not None and abs(float(sf_trained) - float(sf_model)) > 1e-6:
-        reasons.append(f"scale factor {sf_model} instead of {sf_trained}")
-    rgb_trained, rgb_model = trained.get("latent_rgb_factors"), getattr(fmt, "latent_rgb_factors", None)
-    if rgb_trained is not None and rgb_model is not None:
-        a, b = torch.tensor(rgb_trained, dtype=torch.float64), torch.tensor(rgb_model, dtype=torch.float64)
-        if a.shape != b.shape or float((a - b).abs().max()) > 1e-3:
-            reasons.append("other latent-to-RGB factors")
+    reasons = latent_space_differences(trained, getattr(fmt, "scale_factor", None),
+                                       getattr(fmt, "latent_rgb_factors", None))
     if not reasons:
         return None
     msg = (f"comfyui-indigo: this LatentINN was trained for the latents of {trained.get('file')}, but the model's "
            f"latent format has {' and '.join(reasons)}: the guidance will pull towards the wrong latents. Use a "
            "LatentINN trained for this model's VAE (python -m indigo_core.train latent-inn --vae ...) or a PixelINN.")
+    log.warning(msg)
+    return msg
+
+
+def warn_estimator_pairing(inn: Any, degradation: Any) -> Optional[str]:
+    """An INN trained with a degradation estimator expects its embedding on `degradation`, and one
+    trained without expects none (Load INN reads this from the model card). Say so in the log when
+    the graph does otherwise and return the message; None when they agree or the card says nothing."""
+    trained = getattr(inn, "trained_estimator", None)
+    if not trained:
+        return None
+    with_estimator, name = trained
+    if with_estimator and degradation is None:
+        msg = (f"comfyui-indigo: this INN was trained with a degradation estimator ({name}) but no degradation is "
+               "connected: it runs without the embedding it was trained with. Connect a Degradation Estimate node "
+               "(with that estimator) to the degradation input.")
+    elif not with_estimator and degradation is not None:
+        msg = ("comfyui-indigo: this INN was trained without a degradation estimator, but a degradation is "
+               "connected: its embedding scales channels the INN never learnt to use. Leave the degradation "
+               "input unconnected.")
+    else:
+        return None
     log.warning(msg)
     return msg
 
@@ -265,6 +281,8 @@ def prepare_spec(*, inn: Any, vae: Any, measurement: Any, degradation: Any = Non
         raise InputValueError("restoration: mode 'pgdiff' expects a restored image on the 'restoration' input, got none")
     if degradation is not None and not settings.uses_inn:
         log.warning("comfyui-indigo: mode %r uses no INN, so the connected degradation is not used", settings.mode)
+    elif settings.uses_inn:
+        warn_estimator_pairing(inn, degradation)
     spec = GuidanceSpec(settings, inn=inn, measurement=y, vae=vae, degradation=degradation_tensor(degradation),
                         restoration=r, node_id=node_id, vae_tile=vae_tile)
     if settings.needs_perceptual:  # refused here, before the sampler's first VAE pass

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..indigo_core.errors import IndigoError, WeightsFileError
+from ..indigo_core.io import cards
 from .common import CATEGORY, INN, inn_summary
 from .bundled import (BUNDLED_DIR, INN_FORMAT, FileCache, find_with_bundled, fingerprint_listed, list_with_bundled,
                       validate_listed)
@@ -56,7 +57,9 @@ def load_cached_inn(path: str):
             inn = _read_inn(p)
             inn.eval()
             inn.requires_grad_(False)
-        inn.trained_latent_format = trained_latent_format(p)
+        card = cards.read_card(p)
+        inn.trained_latent_format = cards.trained_latent_format(card)
+        inn.trained_estimator = cards.trained_with_estimator(card)
         return inn
 
     return _cache.get(path, load)
@@ -65,22 +68,7 @@ def load_cached_inn(path: str):
 def trained_latent_format(path: str) -> dict | None:
     """For a LatentINN file of the pack: {"file", "scale_factor", "latent_rgb_factors"} of the
     autoencoder it was trained for, from its model card; None when the file does not record one."""
-    import json
-
-    if not path.lower().endswith(".safetensors"):
-        return None
-    from ..indigo_core.io.weights import read_header
-
-    try:
-        card = json.loads(read_header(path)[1].get("model_card") or "{}")
-    except (IndigoError, OSError, ValueError):
-        return None
-    vae = card.get("vae") if isinstance(card, dict) else None
-    fmt = vae.get("latent_format") if isinstance(vae, dict) else None
-    if not isinstance(fmt, dict):
-        return None
-    return {"file": os.path.basename(str(vae.get("file", "?"))), "scale_factor": fmt.get("scale_factor"),
-            "latent_rgb_factors": fmt.get("latent_rgb_factors")}
+    return cards.trained_latent_format(cards.read_card(path))
 
 
 def clear_cache() -> None:

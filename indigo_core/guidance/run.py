@@ -109,12 +109,12 @@ def require_perceptual_weights(w_p: float, weights_dir=None) -> None:
         from ..metrics.weights import PerceptualWeightsMissing, locate_backbone
     except ImportError as exc:
         raise ConfigError(f"w_p={w_p}: the perceptual (LPIPS) term is unavailable ({exc}); "
-                          "set w_p = 0 to guide without it") from exc
+                          "set w_p to 0 (restore CLI: --w-p 0) to guide without it") from exc
     try:
         locate_backbone("alex", weights_dir)
     except PerceptualWeightsMissing as exc:
         raise ConfigError(f"w_p={w_p}: the LPIPS term needs offline backbone weights, which are missing "
-                          f"({exc}); install them or set w_p = 0") from exc
+                          f"({exc}); install them or set w_p to 0 (restore CLI: --w-p 0)") from exc
 
 
 class GuidanceRun:

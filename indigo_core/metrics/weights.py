@@ -72,7 +72,7 @@ def _missing(name: str, weights_dir) -> PerceptualWeightsMissing:
         extra = f" nor torchvision's cache {Path(torch.hub.get_dir()) / 'checkpoints' / TORCHVISION_CACHE_FILES[name]}"
     return PerceptualWeightsMissing(
         f"{FILES[name]} not found in [{searched}]{extra}. Make it once with: {converter_command()}"
-        " (then pass that models folder as weights_dir, or set INDIGO_MODELS_DIR)")
+        " (then pass that models folder as weights_dir / --weights-dir, or set INDIGO_MODELS_DIR)")
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

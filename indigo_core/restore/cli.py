@@ -26,7 +26,8 @@ import torch
 
 from ..device import resolve_device
 from ..errors import ConfigError, DatasetError, IndigoError
-from .pipeline import MODES, STAGE1, RestoreSettings, default_settings, load_models, restore_image
+from .pipeline import (MODES, SAMPLING_MODES, STAGE1, RestoreSettings, default_settings, load_models, needs_restorer,
+                       needs_restorer_message, restore_image)
 from .sampler import SAMPLERS, SCHEDULERS
 
 log = logging.getLogger("indigo_core.restore")
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prior-vae", help="the prior's autoencoder (the pack's file or an SD VAE file)")
     g.add_argument("--prior-unet", help="the prior's UNet (the pack's format)")
     g.add_argument("--restorer", default="bundled",
-                   help="stage-1 restorer file, 'bundled', or 'none' (then --stage1 bicubic)")
+                   help="stage-1 restorer file, 'bundled', or 'none' (no restorer: the sampling modes then need "
+                        "--stage1 bicubic)")
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int, default=None, help="sampler steps run")
     g.add_argument("--denoise", type=float, default=None,
@@ -180,6 +182,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     settings = settings_from_args(args)
     estimator = None if args.estimator.lower() == "none" else args.estimator
     restorer = None if args.restorer.lower() == "none" else args.restorer
+    if restorer is None and needs_restorer(settings):
+        raise ConfigError(f"--restorer none: {needs_restorer_message(settings)}")
     pairs = plan(args.input, args.out)
     if args.input.resolve() == args.out.resolve():
         raise ConfigError("--out: expected a folder other than the input folder")
@@ -230,9 +234,9 @@ def _log_summary(summary: dict) -> None:
     recs = summary["records"]
     total = sum(r["seconds"] for r in recs)
     s = summary["settings"]
-    log.info("restored %d image(s) with mode %s (%d steps, denoise %.2f, seed %d) on %d process(es); "
-             "%.1f s of compute, %.2f s per image", len(recs), s.mode, s.steps, s.denoise, s.seed,
-             summary["world_size"], total, total / max(len(recs), 1))
+    how = f" ({s.steps} steps, denoise {s.denoise:.2f}, seed {s.seed})" if s.mode in SAMPLING_MODES else ""
+    log.info("restored %d image(s) with mode %s%s on %d process(es); %.1f s of compute, %.2f s per image",
+             len(recs), s.mode, how, summary["world_size"], total, total / max(len(recs), 1))
     for name, path in summary["files"].items():
         log.info("  %s: %s", name, path)
 

@@ -21,6 +21,7 @@ Baselines with the same models and seed, for measuring what the guidance adds:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,12 @@ from torch import Tensor
 from ..errors import ConfigError, DomainError, ShapeError
 from ..guidance import GuidanceRun, GuidanceSettings, RefineSettings, Schedule, upsample_measurement
 from ..guidance.colour import DEFAULT_LEVELS, MAX_LEVELS, colour_fix
+from ..io.cards import latent_space_differences, read_card, trained_latent_format, trained_with_estimator
 from ..prior.schedule import DiscreteSchedule
 from . import bundled
 from .sampler import SAMPLERS, SCHEDULERS, eps_denoiser, partial_sigmas, sample
+
+log = logging.getLogger("indigo_core.restore")
 
 MODES = ("latent", "pixel", "unguided", "bicubic", "restorer", "autoencoded", "latent-inn-zero", "pixel-inn-zero")
 #: What the prior starts from and the colour fix takes its low frequencies from.
@@ -179,8 +183,10 @@ def load_models(mode: str, inn: Optional[str] = None, prior_vae: Optional[str] =
     """Load what `mode` needs; None / missing arguments mean the bundled files.
 
     estimator: a file, "bundled" (the pack's, when the INN was trained with one) or None (no
-    degradation embedding). The estimator is only loaded for modes with an INN whose
-    configuration has a degradation-conditioned channel scale.
+    degradation embedding); only loaded for the modes with an INN. The INN's model card says
+    whether it was trained with an estimator: "bundled" then follows it, and a file given to an INN
+    trained without one (or None to an INN trained with one) is a ConfigError. A LatentINN whose
+    card names another latent format than the prior autoencoder's is logged as a warning.
     restorer: the stage-1 restorer R for the modes that can start from it: a file, "bundled" (the
     pack's, when present) or None (stage 1 then has to be "bicubic").
     """
@@ -220,13 +226,48 @@ def load_models(mode: str, inn: Optional[str] = None, prior_vae: Optional[str] =
             raise DomainError(f"--inn: expected a {m.autoencoder.latent_channels}-channel LatentINN for this "
                               f"autoencoder, got {cfg.channels} channels ({inn_path})")
         m.files["inn"] = inn_path
-        if estimator == "bundled":
-            est_path = bundled.bundled_path(bundled.ESTIMATOR)
-            estimator = str(est_path) if est_path.is_file() else None
+        card = read_card(inn_path)
+        estimator = _estimator_for(card, estimator, inn_path)
+        if domain == "latent" and m.autoencoder is not None:
+            _warn_other_latent_space(card, m.files["prior_vae"], inn_path)
         if estimator:
             m.estimator = load_estimator(_existing(estimator, "degradation estimator"))
             m.files["estimator"] = str(estimator)
     return m.to(device)
+
+
+def _estimator_for(card: Optional[dict], estimator: Optional[str], inn_path: str) -> Optional[str]:
+    """The estimator file to load for an INN, checked against what its model card says it was
+    trained with: "bundled" means the pack's estimator for an INN trained with one and none for an
+    INN trained without; an explicit choice that contradicts the card is refused."""
+    trained = trained_with_estimator(card)
+    if estimator == "bundled":
+        if trained is not None and not trained[0]:
+            return None
+        est_path = bundled.bundled_path(bundled.ESTIMATOR)
+        return str(est_path) if est_path.is_file() else None
+    if trained is not None and trained[0] and not estimator:
+        raise ConfigError(f"estimator: the INN {inn_path} was trained with a degradation estimator "
+                          f"({trained[1]}) and needs its embedding, got none (restore CLI: leave --estimator out "
+                          "for the bundled one, or pass the estimator file)")
+    if trained is not None and not trained[0] and estimator:
+        raise ConfigError(f"estimator: the INN {inn_path} was trained without a degradation estimator, got "
+                          f"{estimator} (restore CLI: --estimator none)")
+    return estimator
+
+
+def _warn_other_latent_space(card: Optional[dict], vae_path: str, inn_path: str) -> None:
+    """Log when the prior's autoencoder has another latent format than the LatentINN was trained for."""
+    from ..prior.weights import read_latent_format
+
+    trained = trained_latent_format(card)
+    fmt = read_latent_format(vae_path)
+    reasons = latent_space_differences(trained, fmt.get("scale_factor"), fmt.get("latent_rgb_factors"))
+    if reasons:
+        log.warning("warning: the LatentINN %s was trained for the latents of %s, but %s has %s: the guidance "
+                    "will pull towards the wrong latents; use a LatentINN trained for this autoencoder "
+                    "(python -m indigo_core.train latent-inn --vae ...)", inn_path, trained.get("file"), vae_path,
+                    " and ".join(reasons))
 
 
 def _pad_multiple(models: RestoreModels, settings: RestoreSettings) -> int:
@@ -297,14 +338,24 @@ def restore_image(y: Tensor, models: RestoreModels, settings: RestoreSettings,
     return out[..., : h * s.scale, : w * s.scale].clamp(0.0, 1.0).to(device)
 
 
+def needs_restorer(s: RestoreSettings) -> bool:
+    """Whether a restoration with these settings runs the stage-1 restorer R."""
+    return s.mode == "restorer" or (s.mode in STAGE1_MODES and s.stage1 == "restorer")
+
+
+def needs_restorer_message(s: RestoreSettings) -> str:
+    return (f"mode {s.mode!r} with stage 1 'restorer' needs a stage-1 restorer, got none (restore CLI: "
+            f"--restorer FILE or bundled; API: load_models(..., restorer=...))"
+            + ("" if s.mode == "restorer" else "; or start from the bicubic image (--stage1 bicubic)"))
+
+
 @torch.no_grad()
 def _stage1(y: Tensor, up: Tensor, models: RestoreModels, s: RestoreSettings) -> Tensor:
     """r: R(y) (stage1 "restorer", or mode "restorer") or up(y) (stage1 "bicubic")."""
     if s.stage1 == "bicubic" and s.mode != "restorer":
         return up
     if models.restorer is None:
-        raise ConfigError(f"mode {s.mode!r} with stage1 'restorer' needs a stage-1 restorer file "
-                          "(load_models(..., restorer=...)), got none; or use stage1='bicubic'")
+        raise ConfigError(needs_restorer_message(s))
     if models.restorer.scale != s.scale:
         raise ConfigError(f"scale: the stage-1 restorer restores x{models.restorer.scale}, got scale {s.scale}")
     return models.restorer.restore(y.float()).to(up.dtype)

@@ -380,7 +380,7 @@ def test_missing_lpips_is_a_clear_error_unless_w_p_zero_and_a_weights_dir_is_sea
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     inn, y, _ = _pixel_case(h=4)
     kw = dict(measurement=y, latent_shape=(1, 4, 4, 4), autoencoder=AE, inn=inn)
-    with pytest.raises(ConfigError, match=r"w_p=1.0.*LPIPS.*missing.*set w_p = 0"):
+    with pytest.raises(ConfigError, match=r"w_p=1.0.*LPIPS.*missing.*set w_p to 0 \(restore CLI: --w-p 0\)"):
         GuidanceRun(GuidanceSettings(mode="pixel_inn", w_p=1.0), **kw)
     with pytest.raises(ConfigError, match=r"w_p=0.5.*lpips_alex_backbone.safetensors not found"):
         require_perceptual_weights(0.5, tmp_path / "models")

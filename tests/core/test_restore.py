@@ -338,3 +338,88 @@ def test_stage1_restorer_without_a_file_is_refused(tiny_models):
         RestoreSettings(stage1="sharpen")
     with pytest.raises(ConfigError, match="colour_levels"):
         RestoreSettings(colour_levels=0)
+
+
+def test_cli_restorer_none_is_refused_before_any_model_is_loaded(tiny_models, lq_folder, tmp_path, capsys):
+    m = tiny_models
+    args = [str(lq_folder), "--out", str(tmp_path / "o"), "--restorer", "none", "--no-progress",
+            "--prior-vae", str(m["vae"]), "--prior-unet", "missing-unet.safetensors"]
+    # the missing UNet would be reported if models were loaded first
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--restorer none" in err and "--stage1 bicubic" in err and "missing-unet" not in err
+    assert not (tmp_path / "o").exists()
+    assert main(args + ["--mode", "restorer"]) == 2
+    assert "--stage1 bicubic" not in capsys.readouterr().err  # no way round it for mode restorer
+
+
+def _with_card(src: Path, dst: Path, **changes) -> Path:
+    """A copy of an INN file whose model card has `changes` (dotted keys reach into sub-dicts)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    card = json.loads(meta.get("model_card") or "{}")
+    for key, value in changes.items():
+        *path, last = key.split(".")
+        node = card
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    meta["model_card"] = json.dumps(card)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def test_the_inn_card_decides_the_estimator_and_contradictions_are_refused(tiny_models, tmp_path):
+    m = tiny_models
+    kw = dict(prior_vae=str(m["vae"]), prior_unet=str(m["unet"]), restorer=None)
+    with_est = _with_card(m["latent"], tmp_path / "with.safetensors", kind="latent-inn", estimator="runs/e.safetensors")
+    without = _with_card(m["latent"], tmp_path / "without.safetensors", kind="latent-inn", estimator=None)
+    # an INN trained without an estimator gets none by default, and an explicit one is refused
+    assert load_models("latent", inn=str(without), **kw).estimator is None
+    with pytest.raises(ConfigError, match="trained without a degradation estimator"):
+        load_models("latent", inn=str(without), estimator=str(m["estimator"]), **kw)
+    # an INN trained with one may not run without it
+    with pytest.raises(ConfigError, match=r"trained with a degradation estimator \(e.safetensors\)"):
+        load_models("latent", inn=str(with_est), estimator=None, **kw)
+    assert load_models("latent", inn=str(with_est), estimator=str(m["estimator"]), **kw).estimator is not None
+    # a file without a card is not checked
+    assert load_models("latent", inn=str(m["latent"]), estimator=None, **kw).estimator is None
+
+
+def test_a_latent_inn_for_another_latent_space_is_reported(tiny_models, tmp_path, caplog):
+    from indigo_core.prior.weights import read_latent_format
+
+    m = tiny_models
+    kw = dict(prior_vae=str(m["vae"]), prior_unet=str(m["unet"]), restorer=None, estimator=None)
+    fmt = read_latent_format(m["vae"])
+    same = _with_card(m["latent"], tmp_path / "same.safetensors", **{"vae.file": "vae.safetensors",
+                                                                    "vae.latent_format": dict(fmt)})
+    other = _with_card(m["latent"], tmp_path / "other.safetensors", **{
+        "vae.file": "sdxl_vae.safetensors", "vae.latent_format": dict(fmt, scale_factor=0.13025)})
+    with caplog.at_level("WARNING", logger="indigo_core.restore"):
+        load_models("latent", inn=str(same), **kw)
+    assert "latent" not in caplog.text
+    with caplog.at_level("WARNING", logger="indigo_core.restore"):
+        load_models("latent", inn=str(other), **kw)
+    assert "sdxl_vae.safetensors" in caplog.text and "scale factor" in caplog.text
+
+
+def test_the_summary_names_sampling_settings_only_for_sampling_modes(tiny_models, lq_folder, tmp_path, caplog):
+    m = tiny_models
+    with caplog.at_level("INFO", logger="indigo_core.restore"):
+        assert main([str(lq_folder), "--out", str(tmp_path / "b"), "--mode", "bicubic", "--no-progress"]) == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("restored"))
+    assert "mode bicubic on 1 process" in line and "steps" not in line
+    caplog.clear()
+    with caplog.at_level("INFO", logger="indigo_core.restore"):
+        assert main([str(lq_folder), "--out", str(tmp_path / "u"), "--mode", "unguided", "--steps", "1",
+                     "--stage1", "bicubic", "--restorer", "none", "--no-progress",
+                     "--prior-vae", str(m["vae"]), "--prior-unet", str(m["unet"])]) == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("restored"))
+    assert "(1 steps, denoise" in line

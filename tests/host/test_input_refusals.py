@@ -158,3 +158,26 @@ def test_a_latent_inn_used_with_another_latent_space_is_reported(comfy_inprocess
     assert message and "other latent-to-RGB factors" in message and "indigo-prior-vae.safetensors" in caplog.text
     pixel = host.run_node("INDIGO_LoadINN", inn_name="indigo-pixel-inn-x4.safetensors")[0]
     assert warn(pixel, M.gaussian_prior_model(seed=1)) is None  # a PixelINN works in pixels
+
+
+def test_an_inn_run_without_the_estimator_it_was_trained_with_is_reported(comfy_inprocess, caplog):
+    """The bundled INNs were trained with the bundled estimator (their model cards say so): guiding
+    with one and no degradation connected is reported, as is a degradation given to an INN trained
+    without an estimator; the matching pairings say nothing."""
+    import types
+
+    host = comfy_inprocess
+    warn = host.module("nodes.guidance_inputs").warn_estimator_pairing
+    gamma = torch.zeros(1, 128)
+    for name in ("indigo-latent-inn.safetensors", "indigo-pixel-inn-x4.safetensors"):
+        inn = host.run_node("INDIGO_LoadINN", inn_name=name)[0]
+        assert inn.trained_estimator == (True, "indigo-estimator.safetensors"), name
+        with caplog.at_level(logging.WARNING, logger="comfyui_indigo"):
+            caplog.clear()
+            assert warn(inn, gamma) is None
+            message = warn(inn, None)
+        assert message and "indigo-estimator.safetensors" in message and "Degradation Estimate" in caplog.text
+    without = types.SimpleNamespace(trained_estimator=(False, ""))
+    assert "Leave the degradation input unconnected" in warn(without, gamma)
+    assert warn(without, None) is None
+    assert warn(types.SimpleNamespace(trained_estimator=None), None) is None  # no card: nothing known
