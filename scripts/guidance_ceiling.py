@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_crops import DEFAULT_PHOTOS  # noqa: E402
+from photo_crops import DEFAULT_PHOTOS, photo_folder  # noqa: E402
 from tune_guidance import load_set  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=("val", "train"), default="val", help="which photos of the split")
     ap.add_argument("--photos", type=int, default=14, help="how many photos")
-    ap.add_argument("--photo-dir", type=Path, default=DEFAULT_PHOTOS)
+    ap.add_argument("--photo-dir", type=photo_folder, default=str(DEFAULT_PHOTOS))
     ap.add_argument("--no-pixel", action="store_true", help="LatentINN only")
     ap.add_argument("--no-lpips", action="store_true", help="PSNR only")
     args = ap.parse_args(argv)

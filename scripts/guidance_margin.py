@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_crops import DEFAULT_PHOTOS, REPO_ROOT  # noqa: E402
+from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, photo_folder  # noqa: E402
 from tune_guidance import Scorer, load_set  # noqa: E402
 
 FIXES = ["none", "wavelet-5", "wavelet-4", "wavelet-3"]
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=int, default=6, help="how many training photos")
-    ap.add_argument("--photo-dir", type=Path, default=DEFAULT_PHOTOS)
+    ap.add_argument("--photo-dir", type=photo_folder, default=str(DEFAULT_PHOTOS))
     ap.add_argument("--fixes", nargs="*", default=FIXES, help="'none', 'adain' or 'wavelet-L' (L levels)")
     ap.add_argument("--denoise", nargs="*", type=float, default=DENOISE)
     ap.add_argument("--no-pixel", action="store_true", help="skip the PixelINN runs (the slow ones)")

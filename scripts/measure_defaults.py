@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, split, write_crops  # noqa: E402
+from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, split, write_crops, photo_folder  # noqa: E402
 
 TARGET_PSNR, TARGET_LPIPS = 0.5, 0.05
 #: What this script calls "a wide margin" over unguided sampling (dB PSNR).
@@ -126,7 +126,8 @@ def acceptance(m: dict[str, dict[str, float]], n: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="the project's photo folder")
+    ap.add_argument("--photo-dir", "--photos", dest="photos", type=photo_folder, default=str(DEFAULT_PHOTOS),
+                    help="the project's photo folder (--photos is the older name)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "measure")
     ap.add_argument("--overwrite", action="store_true", help="replace a previous measurement in --out")
     args = ap.parse_args(argv)

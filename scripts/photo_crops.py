@@ -19,6 +19,18 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+def photo_folder(value: str) -> Path:
+    """argparse type of the photo-folder options: an existing folder (the default is checked too)."""
+    import argparse
+
+    path = Path(value)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"expected the project's photo folder, got {value!r}, which is not a folder (the default is "
+            f"../shared/data/photos next to the pack folder; pass --photo-dir DIR)")
+    return path
+
+
 def split(photos: Path) -> tuple[list[Path], list[Path]]:
     """(train, validation) photo files, as the prior was trained."""
     from indigo_core.prior.data import VAL_FRACTION, photo_split

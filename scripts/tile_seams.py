@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, centre_crop, split  # noqa: E402
+from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, centre_crop, split, photo_folder  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=int, default=3)
-    ap.add_argument("--photo-dir", type=Path, default=DEFAULT_PHOTOS)
+    ap.add_argument("--photo-dir", type=photo_folder, default=str(DEFAULT_PHOTOS))
     ap.add_argument("--size", type=int, default=384, help="crop size in pixels (a multiple of 8)")
     ap.add_argument("--tile", type=int, default=16)
     ap.add_argument("--overlap", type=int, default=8)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, centre_crop, split  # noqa: E402
+from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, centre_crop, split, photo_folder  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=sorted(SEARCH), required=True)
     ap.add_argument("--photos", type=int, default=6, help="how many training photos")
-    ap.add_argument("--photo-dir", type=Path, default=DEFAULT_PHOTOS)
+    ap.add_argument("--photo-dir", type=photo_folder, default=str(DEFAULT_PHOTOS))
     ap.add_argument("--crop", type=int, default=256, help="centre crop side (a multiple of 32)")
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None, help="search only these fields")

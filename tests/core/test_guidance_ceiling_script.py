@@ -25,3 +25,11 @@ def test_inn_reconstruction_follows_the_details_it_is_given(ceiling, capsys) -> 
         assert oracle > restorer + 3.0, inn  # the measurement plus true details: far above R(y)
         assert oracle > stage1 > up > zero, inn
         assert abs(up - bicubic) < 1.0, inn  # bicubic's own details give bicubic back, about
+
+
+def test_a_missing_photo_folder_is_a_usage_error(ceiling, script, tmp_path, capsys) -> None:
+    for name in ("guidance_ceiling", "guidance_margin", "measure_defaults", "tile_seams", "tune_guidance"):
+        with pytest.raises(SystemExit) as info:
+            script(name).main(["--photo-dir", str(tmp_path / "nope")])
+        assert info.value.code == 2, name
+        assert "is not a folder" in capsys.readouterr().err, name
