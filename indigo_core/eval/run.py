@@ -85,7 +85,9 @@ def _check_outputs(paths: list[Path], overwrite: bool) -> None:
         raise OutputExistsError(f"refusing to overwrite {', '.join(existing)} (pass --overwrite)")
 
 
-def _make_inputs(opts: EvalOptions, folder: Path) -> None:
+def _make_inputs(opts: EvalOptions, folder: Path) -> int:
+    """Degrade the ground truths with the --level preset into `folder`; returns how many. The caller
+    reports it (once: the printed line of --make-inputs alone, else a log line)."""
     from PIL import Image
 
     from ..degradations import degrade, preset
@@ -99,7 +101,7 @@ def _make_inputs(opts: EvalOptions, folder: Path) -> None:
         y, _ = degrade(x, params, generator=g)
         arr = (y[0] * 255).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(arr).save(folder / f"{name}.png")
-    log.info("wrote %d %s inputs to %s", len(gt), opts.level, folder)
+    return len(gt)
 
 
 def _fresh_folder(folder: Path) -> None:
@@ -229,7 +231,7 @@ def _evaluate(opts: EvalOptions, ctx: DistContext, fid_extractor) -> EvalOutcome
             if opts.make_inputs:
                 inputs = level_dir / "inputs"
                 _check_outputs([inputs], opts.overwrite)
-                _make_inputs(opts, inputs)
+                log.info("wrote %d %s inputs to %s", _make_inputs(opts, inputs), opts.level, inputs)
             for name, command in opts.restore.items():
                 if inputs is None:
                     raise ConfigError(f"restore command for {name!r} needs an input folder (--input or --make-inputs)")

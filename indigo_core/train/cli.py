@@ -35,70 +35,109 @@ def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--data", required=True, help="folder of training images (recursive; png, jpg, webp)")
     g.add_argument("--val-data", default=None, help="folder of validation images (default: hold out "
                    "--val-fraction of --data, chosen by a hash of the file names)")
-    g.add_argument("--val-fraction", type=float, default=0.05, help="share of --data held out (default 0.05)")
-    g.add_argument("--val-count", type=int, default=None, help="hold out exactly this many images instead")
-    g.add_argument("--crop", type=int, default=None, help="training crop side in pixels (preset)")
+    g.add_argument("--val-fraction", type=float, default=0.05, help="share of --data held out")
+    g.add_argument("--val-count", type=int, default=None,
+                   help="hold out exactly this many images instead (default: unset; --val-fraction decides)")
+    g.add_argument("--crop", type=int, default=None, help="training crop side in pixels")
     g.add_argument("--flips", choices=("none", "h", "hv"), default="h",
-                   help="random flips: none, horizontal (default), horizontal and vertical")
+                   help="random flips: none, h (horizontal) or hv (horizontal and vertical)")
     g.add_argument("--small-images", choices=("skip", "resize", "error"), default="skip",
-                   help="images smaller than the crop: skip them (default), upscale them, or stop")
+                   help="images smaller than the crop: skip them, resize (upscale) them, or stop with an error")
     g.add_argument("--cache-images", action="store_true", help="keep decoded images in memory")
 
     g = p.add_argument_group("degradations (y = JPEG_q((x * k) downsampled by s + n))")
     g.add_argument("--scale", type=int, default=None, help="s; must match the INN (default: the INN's)"
-                   if kind not in ("estimator", "restorer") else "s (default 4)")
+                   if kind not in ("estimator", "restorer") else "s (default: 4)")
     g.add_argument("--blur-sigma", type=float, nargs=2, default=list(R.blur_sigma), metavar=("LO", "HI"),
-                   help=f"blur sigma range, pixels of x (default {R.blur_sigma[0]} {R.blur_sigma[1]})")
+                   help="blur sigma range, pixels of x")
     g.add_argument("--noise", type=float, nargs=2, default=list(R.noise_level), metavar=("LO", "HI"),
-                   help=f"noise level range on 0..255 (default {R.noise_level[0]} {R.noise_level[1]})")
+                   help="noise level range on 0..255")
     g.add_argument("--jpeg", type=int, nargs=2, default=list(R.jpeg_quality), metavar=("LO", "HI"),
-                   help=f"JPEG quality range (default {R.jpeg_quality[0]} {R.jpeg_quality[1]})")
+                   help="JPEG quality range")
     g.add_argument("--jpeg-prob", type=float, default=R.jpeg_prob, help="probability of the JPEG stage")
     g.add_argument("--anisotropic-prob", type=float, default=R.anisotropic_prob,
                    help="probability of an anisotropic blur kernel")
     g.add_argument("--resize-modes", nargs="+", choices=("bicubic", "area"), default=list(R.resize_modes),
-                   help="downsampling kernels drawn from (default bicubic)")
+                   help="downsampling kernels drawn from")
     g.add_argument("--val-degradation", choices=("mild", "medium", "severe", "train"), default="medium",
-                   help="validation degradation: a paper level (default medium) or fixed draws from the "
-                        "training ranges")
+                   help="validation degradation: a paper level (mild, medium, severe) or fixed draws from the "
+                        "training ranges (train)")
 
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="output folder: weights, model card, logs, checkpoints")
-    g.add_argument("--name", default=None, help=f"file name stem of the exported model (default {mod.DEFAULT_NAME})")
+    g.add_argument("--name", default=None, help=f"file name stem of the exported model (default: {mod.DEFAULT_NAME})")
     g.add_argument("--preset", choices=sorted(mod.PRESETS), default=None,
-                   help=f"size preset (default {mod.DEFAULT_PRESET}); explicit options override it")
-    g.add_argument("--steps", type=int, default=None, help="optimiser updates (preset)")
+                   help=f"size preset; options given explicitly override its values (default: {mod.DEFAULT_PRESET})")
+    g.add_argument("--steps", type=int, default=None, help="optimiser updates")
     g.add_argument("--batch-size", type=int, default=None,
-                   help="crops per process and step (preset); global batch = this x processes")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (preset)")
-    g.add_argument("--beta1", type=float, default=0.9)
-    g.add_argument("--beta2", type=float, default=0.999)
-    g.add_argument("--weight-decay", type=float, default=0.0)
+                   help="crops per process and step; global batch = this x processes")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    g.add_argument("--beta1", type=float, default=0.9, help="Adam beta1")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="Adam (L2) weight decay")
     g.add_argument("--lr-schedule", choices=SCHEDULES, default="cosine",
-                   help="constant, or cosine decay to --min-lr-ratio x lr at the last step (default)")
-    g.add_argument("--warmup-steps", type=int, default=0)
-    g.add_argument("--min-lr-ratio", type=float, default=0.1)
+                   help="constant, or cosine decay to --min-lr-ratio x lr at the last step")
+    g.add_argument("--warmup-steps", type=int, default=0,
+                   help="linear learning-rate warm-up over the first N steps (0: none)")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1,
+                   help="final learning rate of the cosine schedule, as a fraction of --lr")
     g.add_argument("--grad-clip", type=float, default=0.0, help="clip the global gradient norm (0: off)")
     g.add_argument("--amp", choices=AMP_MODES, default="auto",
                    help="mixed precision on CUDA: auto (bf16 if supported, else fp16), bf16, fp16, off; "
                         "the CPU always trains in float32")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train: auto (CUDA if available), cpu or cuda")
     g.add_argument("--workers", type=int, default=-1, help="DataLoader workers per process (-1: auto, "
                    "0 on CPU)")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's own choice)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the initial weights, crops and degradations")
     g.add_argument("--val-every", type=int, default=None, help="validate every N steps (0: only at the end)")
     g.add_argument("--log-every", type=int, default=10, help="CSV/progress row every N steps")
     g.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N steps (0: only at the end)")
     g.add_argument("--keep-checkpoints", type=int, default=0,
                    help="also keep the last K numbered checkpoints (besides checkpoints/last.pt)")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="continue from OUT/checkpoints/last.pt (or the given checkpoint)")
+                   help="continue from OUT/checkpoints/last.pt (or the given checkpoint) "
+                        "(default: off, a fresh run)")
     g.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
     g.add_argument("--stop-at", type=int, default=0,
                    help="stop after this step with a checkpoint, as a time-limited job would (0: off)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    g.add_argument("-v", "--verbose", action="store_true")
+    g.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_fmt(v) for v in value) if value else "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _state_defaults(p: argparse.ArgumentParser, kind: str) -> None:
+    """End every option's help with its default, once: the preset's values for the options a preset
+    fills, else the trainer's or the common default, else argparse's. A help that names its default
+    itself (the word "default") is left as written; required options have none."""
+    mod = _task_module(kind)
+    filled = {key for preset in mod.PRESETS.values() for key in preset}
+    fallback = {**COMMON_DEFAULTS, **mod.DEFAULTS}
+    for action in p._actions:
+        if (not action.option_strings or action.required or action.help == argparse.SUPPRESS
+                or isinstance(action, argparse._HelpAction) or "default" in (action.help or "").lower()):
+            continue
+        if action.dest in filled:
+            values = ", ".join(f"{_fmt(preset.get(action.dest, fallback.get(action.dest)))} for {name}"
+                               for name, preset in mod.PRESETS.items())
+            note = f"default from --preset: {values}"
+        elif action.dest in fallback:
+            note = f"default: {_fmt(fallback[action.dest])}"
+        elif action.default is not None:
+            note = f"default: {_fmt(action.default)}"
+        else:  # the help must say what an unset option means (tests/core/test_train_cli.py checks)
+            continue
+        action.help = f"{action.help} ({note})" if action.help else f"({note})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
              "estimator": "KDSR-style teacher, then the distilled student estimator F",
              "restorer": "stage-1 restoration module R (degradation removal before the prior)"}
     for kind in KINDS:
-        p = sub.add_parser(kind, help=helps[kind], description=helps[kind],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(kind, help=helps[kind], description=helps[kind])
         _task_module(kind).add_arguments(p)
         _add_common(p, kind)
+        _state_defaults(p, kind)
     return parser
 
 

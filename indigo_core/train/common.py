@@ -143,13 +143,15 @@ def add_inn_arguments(p, domain: str) -> None:
                    help=f"INNConfig preset (default from --preset: {domain}-small or {domain}-paper)")
     g.add_argument("--inn-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one INNConfig field, e.g. --inn-set hidden=32 (repeatable)")
-    g.add_argument("--inn-config", default=None, help="INNConfig as a JSON file or inline JSON")
-    g.add_argument("--init", default=None, help="start from this INN file (fine-tuning)")
+    g.add_argument("--inn-config", default=None,
+                   help="INNConfig as a JSON file or inline JSON, in place of --inn-preset (default: none)")
+    g.add_argument("--init", default=None,
+                   help="start from this INN file (fine-tuning) (default: none, fresh weights)")
     g.add_argument("--estimator", default=None,
                    help="degradation estimator file (pack safetensors or KDSR .pth); gamma = F(y) "
-                        "conditions the INN. Without it the INN is trained unconditioned (gamma = None)")
-    g.add_argument("--loss", choices=("l1", "l2"), default=None, help="norm of L_fwd and L_inv (default l1)")
-    g.add_argument("--lambda-inv", type=non_negative, default=None, help="weight of L_inv (default 1.0)")
+                        "conditions the INN (default: none, and the INN is trained unconditioned: gamma = None)")
+    g.add_argument("--loss", choices=("l1", "l2"), default=None, help="norm of L_fwd and L_inv")
+    g.add_argument("--lambda-inv", type=non_negative, default=None, help="weight of L_inv")
 
 
 def mask_inert_key_bias(model: nn.Module) -> int:

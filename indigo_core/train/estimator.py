@@ -55,12 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--estimator-preset", default=None, choices=("small", "kdsr"),
                    help="network size: small (width 32, 2 blocks) or kdsr (width 128, 6 blocks)")
     g.add_argument("--teacher", default=None, help="teacher file for --stage student "
-                   "(default OUT/teacher/NAME_teacher.safetensors)")
-    g.add_argument("--teacher-steps", type=int, default=None, help="teacher updates (preset)")
-    g.add_argument("--teacher-lr", type=float, default=None, help="teacher learning rate (default --lr)")
-    g.add_argument("--temperature", type=float, default=None, help="distillation temperature (KDSR: 0.15)")
+                   "(default: OUT/teacher/NAME_teacher.safetensors)")
+    g.add_argument("--teacher-steps", type=int, default=None, help="teacher updates")
+    g.add_argument("--teacher-lr", type=float, default=None, help="teacher learning rate (default: --lr)")
+    g.add_argument("--temperature", type=float, default=None, help="KDSR-style distillation temperature")
     g.add_argument("--gamma-weight", type=float, default=None,
-                   help="weight of the MSE between student and teacher embeddings (default 1.0)")
+                   help="weight of the MSE between student and teacher embeddings")
 
 
 class ParamNormaliser:

@@ -64,9 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the VAE the LatentINN is for: an SD VAE (ComfyUI/ldm or diffusers layout, "
                         ".safetensors/.ckpt/.pt) or the pack's own autoencoder file")
     g.add_argument("--crops-per-image", type=int, default=None,
-                   help="fixed crops per training image encoded into the latent pool (preset)")
+                   help="fixed crops per training image encoded into the latent pool")
     g.add_argument("--latent-cache", default=None,
-                   help="file of the encoded pool (default OUT/latents.safetensors; 'none': memory only)")
+                   help="file of the encoded pool; 'none': memory only (default: OUT/latents.safetensors)")
     g.add_argument("--encode-batch", type=int, default=16, help="crops per VAE encoder call")
     add_inn_arguments(p, "latent")
 

@@ -433,8 +433,39 @@ def train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str]) ->
     opts.validate()
     started = time.time()
     out = Path(opts.out)
-    if info.main:
-        out.mkdir(parents=True, exist_ok=True)
+    created = make_output_folder(out) if info.main else []
+    try:
+        return _train(task, opts, info, argv, out, started)
+    except BaseException:
+        # A run that fails to start leaves the file system as it found it: the folders it made are
+        # removed while still empty. Once started it has written its logs, so nothing goes.
+        remove_if_empty(created)
+        raise
+
+
+def make_output_folder(out: Path) -> list[Path]:
+    """Create `out` (and missing parents); returns the folders this made, deepest first."""
+    made: list[Path] = []
+    p = Path(os.path.abspath(out))
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        made.append(p)
+        p = p.parent
+    out.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_if_empty(folders: Sequence[Path]) -> None:
+    """Remove each folder (deepest first) while it is empty; stop at the first that is not or is gone.
+    A folder holding anything is never touched (rmdir refuses it)."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str], out: Path,
+           started: float) -> dict[str, Any]:
     info.barrier()
     resume_path, previous_run = prepare_output(out, opts, task)
     info.barrier()

@@ -32,9 +32,9 @@ DEFAULT_PRESET = "restorer-small"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("restorer")
-    g.add_argument("--width", type=int, default=None, help="feature channels (preset)")
-    g.add_argument("--n-blocks", type=int, default=None, help="residual blocks (preset)")
-    g.add_argument("--loss", choices=("l1", "l2"), default=None, help="reconstruction norm (default l1)")
+    g.add_argument("--width", type=int, default=None, help="feature channels")
+    g.add_argument("--n-blocks", type=int, default=None, help="residual blocks")
+    g.add_argument("--loss", choices=("l1", "l2"), default=None, help="reconstruction norm")
 
 
 class RestorerObjective(nn.Module):

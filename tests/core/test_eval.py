@@ -4,6 +4,7 @@ folders, the restore hook, and a 2-process torchrun run."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -275,11 +276,20 @@ def test_exif_orientation_is_applied_to_sizes_and_pixels(folders, tmp_path):
     assert image_size(tmp_path / "plain.png") == (stored.shape[1], stored.shape[0])
 
 
-def test_make_inputs_alone_writes_the_degraded_inputs(folders, tmp_path, capsys):
-    """README's first evaluation step: --make-inputs without methods only writes the inputs."""
-    rc = eval_main(["--gt", str(folders / "gt"), "--level", "medium", "--make-inputs", "--out", str(tmp_path)])
-    assert rc == 0 and "wrote the medium inputs" in capsys.readouterr().out
-    lq = sorted((tmp_path / "medium" / "inputs").glob("*.png"))
+def test_make_inputs_alone_writes_the_degraded_inputs(folders, tmp_path):
+    """README's first evaluation step: --make-inputs without methods only writes the inputs, and
+    says so once (the printed line; not again on stderr through logging). Run as the command is,
+    in a process of its own, so that its logging reaches stderr as a user sees it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "indigo_core.eval", "--gt", str(folders / "gt"), "--level", "medium",
+                           "--make-inputs", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote the medium inputs" in proc.stdout
+    both = proc.stdout + proc.stderr
+    inputs = tmp_path / "medium" / "inputs"
+    assert both.count(str(inputs)) == 1 and len(re.findall(r"wrote .*inputs", both)) == 1, both
+    lq = sorted(inputs.glob("*.png"))
     assert len(lq) == 4 and Image.open(lq[0]).size == (12, 12)
     assert not (tmp_path / "medium" / "results.csv").exists()
     assert eval_main(["--gt", str(folders / "gt"), "--level", "medium", "--make-inputs", "--out", str(tmp_path)]) == 2

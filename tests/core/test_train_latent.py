@@ -8,8 +8,8 @@ import json
 import pytest
 
 from _train_helpers import LEARNABLE_DEGRADATION, QUIET, TINY_INN, halving_ratio, losses, make_crops, make_test_vae
-from indigo_core.errors import ConfigError
-from indigo_core.train import run
+from indigo_core.errors import ConfigError, WeightsFileError
+from indigo_core.train import main, run
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +62,32 @@ def test_latent_inn_refuses_a_decimating_split(data, tmp_path):
     crops, vae = data
     with pytest.raises(ConfigError, match="undecimated_haar"):
         run(argv(crops, vae, tmp_path / "x", "--inn-set", "split=haar"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_that_fails_to_start_leaves_the_file_system_as_it_found_it(tmp_path):
+    """A missing --vae stops the run (status 2 from the command) before it writes anything: an --out
+    it had to create (with its missing parents) is gone again; an --out that existed stays, empty or
+    holding a user's file, untouched."""
+    crops = make_crops(tmp_path / "crops")
+    nope = tmp_path / "nope.safetensors"
+    fresh = tmp_path / "new" / "run"
+    with pytest.raises(WeightsFileError, match="nope.safetensors"):
+        run(argv(crops, nope, fresh))
+    assert not (tmp_path / "new").exists()
+    assert main(argv(crops, nope, fresh)) == 2
+    assert not (tmp_path / "new").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(argv(crops, nope, empty)) == 2
+    assert empty.is_dir() and not any(empty.iterdir())
+
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)
+    (kept / "notes" / "mine.txt").write_text("the user's file\n")
+    before = sorted((p.relative_to(kept), p.is_dir(), p.read_bytes() if p.is_file() else b"") for p in kept.rglob("*"))
+    for extra in ((), ("--overwrite",)):
+        assert main(argv(crops, nope, kept, *extra)) == 2
+        assert sorted((p.relative_to(kept), p.is_dir(), p.read_bytes() if p.is_file() else b"")
+                      for p in kept.rglob("*")) == before
