@@ -210,14 +210,17 @@ samples with the guidance (any sampler and scheduler; SamplerCustomAdvanced work
 - **Load Checkpoint**: any SD1.5-family model (a restoration fine-tune works best).
 - A **PixelINN** works with any VAE. A LatentINN must have been trained for this VAE's latents.
 - The measurement is upscaled x4 and encoded to start from (`denoise` 0.6); its size must be output / 4.
+- **Degradation Estimate** gives the INN the embedding of the measurement's degradation that the
+  bundled INNs were trained with (an INN trained without an estimator: leave it out).
 - Prompts help an SD model: describe the photo, keep negatives for blur and noise.
-""", size=[400, 300]),
+""", size=[400, 340]),
         ["ckpt", "CheckpointLoaderSimple", [0, 0], {"ckpt_name": SD15_CKPT}, {}],
         ["pos", "CLIPTextEncode", [360, 0], {"text": "a sharp, detailed, high quality photo"}, {"size": [380, 140]}],
         ["neg", "CLIPTextEncode", [360, 190], {"text": "blurry, noisy, jpeg artifacts, low quality"},
          {"size": [380, 140]}],
         ["img", "LoadImage", [0, 200], {"image": MEASUREMENT}, {**IMAGE_NODE, "title": "Load Image (measurement, 128x128)"}],
         ["inn", "INDIGO_LoadINN", [0, 640], {"inn_name": PIXEL_INN}, {"color": BLUE}],
+        ["est", "INDIGO_DegradationEstimate", [0, 750], {"estimator_name": ESTIMATOR}, {}],
         ["up", "ImageScale", [360, 380], {"upscale_method": "bicubic", "width": 512, "height": 512, "crop": "disabled"}, {}],
         ["enc", "VAEEncode", [360, 560], {}, {}],
         ["guide", "INDIGO_ApplyGuidance", [780, 0],
@@ -233,8 +236,10 @@ samples with the guidance (any sampler and scheduler; SamplerCustomAdvanced work
         ["ckpt", "MODEL", "guide", "model"], ["ckpt", "CLIP", "pos", "clip"], ["ckpt", "CLIP", "neg", "clip"],
         ["ckpt", "VAE", "guide", "vae"], ["ckpt", "VAE", "enc", "vae"], ["ckpt", "VAE", "dec", "vae"],
         ["img", "IMAGE", "guide", "measurement"], ["img", "IMAGE", "up", "image"], ["up", "IMAGE", "enc", "pixels"],
-        ["inn", "inn", "guide", "inn"], ["guide", "model", "ks", "model"], ["pos", "CONDITIONING", "ks", "positive"],
-        ["neg", "CONDITIONING", "ks", "negative"], ["enc", "LATENT", "ks", "latent_image"],
+        ["inn", "inn", "guide", "inn"], ["img", "IMAGE", "est", "image"],
+        ["est", "degradation", "guide", "degradation"], ["guide", "model", "ks", "model"],
+        ["pos", "CONDITIONING", "ks", "positive"], ["neg", "CONDITIONING", "ks", "negative"],
+        ["enc", "LATENT", "ks", "latent_image"],
         ["ks", "LATENT", "dec", "samples"], ["dec", "IMAGE", "save", "images"],
     ],
 }
