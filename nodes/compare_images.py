@@ -77,7 +77,7 @@ class CompareImages(io.ComfyNode):
                 io.Image.Input("image_1", tooltip="An image to judge, e.g. the restoration (VAE Decode of the guided "
                                                   "sampler) or the measurement itself (-> bicubic baseline)."),
                 *optional,
-                io.String.Input("labels", default="measurement (bicubic), restored",
+                io.String.Input("labels", default="measurement, restored",
                                 tooltip="Comma-separated names of image_1, image_2, ... for the captions and the "
                                         "table; missing names become 'image k'."),
                 io.Combo.Input("lpips", options=list(LPIPS_CHOICES), default="alex",

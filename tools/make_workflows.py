@@ -301,7 +301,7 @@ Swap the INN (or the preset) to compare INNs on the same footing.
         ["dec", "VAEDecode", [1440, 0], {}, {}],
         ["dec2", "VAEDecode", [1440, 110], {}, {}],
         ["cmp", "INDIGO_CompareImages", [1440, 220],
-         {"labels": "measurement (bicubic), unguided, INDIGO LatentINN", "lpips": "alex"}, {"size": [380, 330]}],
+         {"labels": "measurement, unguided, INDIGO LatentINN", "lpips": "alex"}, {"size": [380, 330]}],
         ["save", "SaveImage", [1860, 0], {"filename_prefix": "indigo/compare"}, {"size": [700, 320]}],
     ],
     "links": [
