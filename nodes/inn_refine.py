@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ..indigo_core.errors import ConfigError, ShapeError
 from ..indigo_core.guidance import RefineSettings, check_aspect, measurement_latent
 from .common import CATEGORY, INN, private_inn_copy
-from .guidance_inputs import DEGRADATION, REFINE, degradation_tensor, schedule_from, schedule_inputs
+from .guidance_inputs import (DEGRADATION, REFINE, degradation_tensor, schedule_from, schedule_inputs,
+                              warn_estimator_pairing)
 from .guidance_patch import ComfyVAEAutoencoder, image_to_bchw
 from .host import ProgressBar, io, throw_if_interrupted
 
@@ -49,6 +50,7 @@ def adapt_inn(inn: Any, reference: torch.Tensor, measurement: torch.Tensor, iter
         check_aspect("measurement", measurement.shape[-2:], (H, W), "the reference")
         if vae is None:
             raise ConfigError("vae: adapting a LatentINN expects the VAE of its latent space, got none")
+    warn_estimator_pairing(inn, degradation)
     with torch.inference_mode(False):
         private = private_inn_copy(inn, trainable=True)
         device = next(private.parameters()).device

@@ -177,6 +177,14 @@ def test_an_inn_run_without_the_estimator_it_was_trained_with_is_reported(comfy_
             assert warn(inn, gamma) is None
             message = warn(inn, None)
         assert message and "indigo-estimator.safetensors" in message and "Degradation Estimate" in caplog.text
+    # INN Refine adapts the INN with the same pairing, so it says the same
+    pixel = host.run_node("INDIGO_LoadINN", inn_name="indigo-pixel-inn-x4.safetensors")[0]
+    x = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="comfyui_indigo"):
+        host.run_node("INDIGO_INNRefine", schedule="fraction", start=0.0, end=0.5, every=1, lr=5e-5, iterations=1,
+                      adapt_lr=1e-4, inverse_weight=1.0, inn=pixel, reference=x, measurement=x[:, ::4, ::4, :])
+    assert "trained with a degradation estimator (indigo-estimator.safetensors)" in caplog.text
     without = types.SimpleNamespace(trained_estimator=(False, ""))
     assert "Leave the degradation input unconnected" in warn(without, gamma)
     assert warn(without, None) is None
