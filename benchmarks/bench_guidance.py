@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_guidance            # 512x512, SD1.5-size UNet + SD VAE
     python -m benchmarks.bench_guidance --quick    # a short CPU-friendly run (smaller, fewer repeats)
+                                                   # (--overwrite: replace the committed results file)
 
 Models are ComfyUI 0.3.75's own classes in SD1.5's exact layouts with seeded random weights
 (tests/host/models.py): the UNet (BaseModel EPS, model_channels 320, ~860M parameters) and the SD
@@ -20,7 +21,8 @@ Measured, all in one process:
   the first half) for both INNs, whose ratio PixelINN/LatentINN is printed beside the paper's 1.88
   (Table VI: 18.37 s vs 9.76 s).
 
-Writes JSON (default benchmarks/results/bench_guidance_<device>.json) with, among others,
+Writes JSON (default benchmarks/results/bench_guidance_<device>[_quick].json; an existing file is
+refused before the run unless --overwrite) with, among others,
 latent_over_unguided (target <= 1.10) and pixel_over_floor = PixelINN step / (unguided step +
 decoder forward+backward) (target <= 1.25). The perceptual (LPIPS) term is off (w_p = 0) unless
 --lpips is given and its offline weights are installed. Not a test: timings depend on the machine.
@@ -46,6 +48,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.inns import INN_CHOICES, inn_configs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from output_files import refuse_existing  # noqa: E402  (scripts/output_files.py)
+
 PACK_ALIAS = "comfyui_indigo_bench"
 PAPER_PIXEL_OVER_LATENT = 18.37 / 9.76  # Table VI
 
@@ -67,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"),
                    help="ComfyUI 0.3.75 checkout (default: $COMFYUI_PATH or the test cache)")
     p.add_argument("--out", default=None, help="JSON file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     a = p.parse_args(argv)
     a.size = a.size or (256 if a.quick else 512)
     a.steps = a.steps or (3 if a.quick else 8)
@@ -162,9 +168,17 @@ def timed(fn, cuda: bool) -> float:
 # =========================================================================== the benchmark
 
 
+def out_path(args, cuda: bool, name: str = "bench_guidance") -> Path:
+    """--out, or the default results file of this device (and --quick)."""
+    return Path(args.out) if args.out else \
+        ROOT / "benchmarks" / "results" / f"{name}_{'cuda' if cuda else 'cpu'}{'_quick' if args.quick else ''}.json"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     cuda = import_host(args)
+    out = out_path(args, cuda)
+    refuse_existing([out], args.overwrite)
     import torch
 
     if args.threads:
@@ -310,10 +324,7 @@ def main(argv=None) -> dict:
     log(f"pixel_over_floor     {results['pixel_over_floor']:.3f} (target <= 1.25)")
     log(f"whole run PixelINN / LatentINN {results['whole_run_pixel_over_latent']:.2f} "
         f"(paper: {PAPER_PIXEL_OVER_LATENT:.2f})")
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / \
-        f"bench_guidance_{'cuda' if cuda else 'cpu'}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    module("indigo_core.io.atomic").atomic_write_text(out, json.dumps(results, indent=2, sort_keys=True) + "\n")
     log(f"wrote {out}")
     return results
 

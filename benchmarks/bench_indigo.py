@@ -2,6 +2,7 @@
 
     nice -n 10 python -m benchmarks.bench_indigo --out benchmarks/results/cpu-<date>.json
     python -m benchmarks.bench_indigo --quick          # smoke run (256 px, a few minutes on a CPU)
+                                                       # (--overwrite: replace the committed results file)
 
 Models are ComfyUI 0.3.75's own classes in SD1.5's exact layouts with seeded random weights
 (tests/host/models.py: UNet with model_channels 320, SD VAE ch 128), loaded under inference mode
@@ -23,7 +24,8 @@ Time is process CPU time on a CPU (the machine may be shared; wall time is recor
 wall time around synchronisations on CUDA. Peak memory: CPU peak RSS (VmHWM, reset per
 measurement), CUDA max_memory_allocated; both include the weights. The JSON holds the tables,
 the machine, and the ratios under fixed keys (see RATIO_KEYS); anything not measured says why.
-Not a test: numbers depend on the machine and its load.
+Not a test: numbers depend on the machine and its load. An existing --out file (or the default
+one) is refused before the run unless --overwrite.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_guidance import PAPER_PIXEL_OVER_LATENT, import_host, module  # noqa: E402
+from benchmarks.bench_guidance import PAPER_PIXEL_OVER_LATENT, import_host, module, out_path  # noqa: E402
 from benchmarks.inns import INN_CHOICES, inn_configs  # noqa: E402
+from output_files import refuse_existing  # noqa: E402  (scripts/output_files.py, on sys.path by bench_guidance)
 
-ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench_indigo")
 
 TARGETS = {"latent_over_unguided": 1.05, "pixel_over_floor": 1.10, "regulariser_over_floor": 1.10,
@@ -88,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI 0.3.75 checkout")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/bench_indigo_<device>.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     a = p.parse_args(argv)
     if a.quick:
         a.sizes = a.sizes or [256]
@@ -775,6 +778,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     cuda = import_host(args)
+    out = out_path(args, cuda, "bench_indigo")
+    refuse_existing([out], args.overwrite)  # before the run: it takes minutes to hours
     import torch
 
     if not cuda:
@@ -827,10 +832,8 @@ def main(argv=None) -> dict:
     results["machine"]["load_average_end"] = os.getloadavg()
     results["machine"]["total_wall_s"] = round(time.perf_counter() - t_start, 1)
     print_table(results)
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / \
-        f"bench_indigo_{'cuda' if cuda else 'cpu'}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, sort_keys=False, default=float) + "\n")
+    module("indigo_core.io.atomic").atomic_write_text(
+        out, json.dumps(results, indent=2, sort_keys=False, default=float) + "\n")
     log.info("wrote %s", out)
     return results
 

@@ -7,7 +7,9 @@ models and the same pack code, at one size (default 512): the PixelINN call (z0 
 benchmark runs it), the LatentINN call and the LatentINN call with refinement. Besides the
 profiler's top operators, each call is split into phases timed on their own (decoder forward and
 backward; INN forward and backward; INN inverse + LPIPS), which is what the gap is made of.
-Adds a "profiles" section to the benchmark's JSON (`--into`), or writes its own JSON (`--out`).
+Adds a "profiles" section to the benchmark's JSON (`--into`), or writes its own JSON (`--out`);
+both are checked before the profiling: a "profiles" section already there, or an existing --out
+file, is refused unless --overwrite. The file is replaced atomically.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_guidance import import_host  # noqa: E402
+from benchmarks.bench_guidance import import_host, module  # noqa: E402
 from benchmarks.bench_indigo import Setup  # noqa: E402
 from benchmarks.inns import INN_CHOICES  # noqa: E402
+from output_files import refuse_existing  # noqa: E402  (scripts/output_files.py, on sys.path by bench_guidance)
 
 log = logging.getLogger("profile_indigo")
 
@@ -40,7 +43,24 @@ def parse_args(argv=None):
     p.add_argument("--comfyui", default=None)
     p.add_argument("--into", default=None, help="benchmark JSON to add a 'profiles' section to")
     p.add_argument("--out", default=None, help="JSON to write instead")
+    p.add_argument("--overwrite", action="store_true", help="replace --into's profiles or an existing --out file")
     return p.parse_args(argv)
+
+
+def check_target(args) -> None:
+    """Before the profiling: --into is a benchmark JSON without profiles, --out a new file (unless
+    --overwrite). SystemExit saying what is wrong."""
+    if args.into:
+        try:
+            data = json.loads(Path(args.into).read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--into {args.into}: expected the benchmark's JSON ({exc})")
+        if not isinstance(data, dict):
+            raise SystemExit(f"--into {args.into}: expected the benchmark's JSON object")
+        if "profiles" in data and not args.overwrite:
+            raise SystemExit(f"--into {args.into} already holds profiles: pass --overwrite to replace them")
+    elif args.out:
+        refuse_existing([args.out], args.overwrite)
 
 
 def top_ops(prof, n: int, cuda: bool) -> list:
@@ -66,6 +86,7 @@ def timed(fn, cuda: bool) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_target(args)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     cuda = import_host(args)
     import torch
@@ -181,14 +202,15 @@ def main(argv=None) -> dict:
     }
     log.info("GFLOPs %s; FLOP ratios %s", out["gflops"], {k: round(v, 4) for k, v in out["flop_ratios"].items()})
 
+    write = module("indigo_core.io.atomic").atomic_write_text
     if args.into:
         path = Path(args.into)
         data = json.loads(path.read_text())
         data["profiles"] = out
-        path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+        write(path, json.dumps(data, indent=2, default=float) + "\n")
         log.info("added profiles to %s", path)
     elif args.out:
-        Path(args.out).write_text(json.dumps(out, indent=2, default=float) + "\n")
+        write(args.out, json.dumps(out, indent=2, default=float) + "\n")
     return out
 
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
 import host_harness  # noqa: E402  (the server runner the host tests use)
 sys.path.insert(0, str(REPO_ROOT))
 from indigo_core.argtypes import positive, positive_int, ranged  # noqa: E402
+from output_files import copy_file, write_text  # noqa: E402  (scripts/output_files.py)
 
 WORKFLOW = REPO_ROOT / "workflows" / "api" / "indigo_demo_restore_compare.json"
 DEFAULT_PHOTO = REPO_ROOT / "assets" / "photos" / "gcompris_chambord.png"
@@ -110,7 +111,7 @@ def sync_workflow_defaults() -> bool:
         graph[node["inputs"]["regulariser"][0]]["inputs"].update(regulariser_widgets(s))
     if json.dumps(graph, sort_keys=True) == before:
         return False
-    WORKFLOW.write_text(json.dumps(graph, indent=2) + "\n")
+    write_text(WORKFLOW, json.dumps(graph, indent=2) + "\n")
     return True
 
 
@@ -277,7 +278,7 @@ def collect(server, prompt_id: str, out: Path) -> str:
     for name, node in SAVED.items():
         img = outputs[node]["images"][0]
         src = server.base_dir / "output" / img.get("subfolder", "") / img["filename"]
-        shutil.copyfile(src, out / name)
+        copy_file(src, out / name)
     text = outputs[COMPARE_NODE]["text"]
     return text[0] if isinstance(text, list) else str(text)
 
@@ -337,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         total = time.monotonic() - t_start
         header = (f"# comfyui-indigo demo: {args.photo.name}, {w}x{h}, x4 medium degradation\n\n"
                   "Small bundled prior and INNs (trained on a CPU); see README for real-model quality.\n\n")
-        (args.out / "metrics.md").write_text(header + table + "\n")
+        write_text(args.out / "metrics.md", header + table + "\n")
     except host_harness.HostSetupError as exc:
         raise SystemExit(str(exc)) from exc
     finally:

@@ -1,6 +1,6 @@
 """What the INN guidance adds in PSNR over the same run without it, across colour fixes and denoise.
 
-    .venv/bin/python scripts/guidance_margin.py [--photos 6] [--out runs/margin] [--no-pixel]
+    .venv/bin/python scripts/guidance_margin.py [--photos 6] [--out runs/margin] [--no-pixel] [--overwrite]
 
 On N training photos (as tune_guidance.py: x4 medium, 256x256 centre crops, seed = photo index)
 every (colour fix, denoise) pair runs three times from the same start E(R(y)) and seed, with the
@@ -9,6 +9,7 @@ to <out>/margin.csv and <out>/margin.md: PSNR and LPIPS of each, the guided runs
 unguided one, and their margin over bicubic. A colour fix of L levels takes the frequencies below
 about 2^L pixels from R(y), for the guided and the unguided run alike: the fewer the levels, the
 more of the measured band it hands to both, so the guidance has less PSNR left to add.
+An earlier run's margin.csv or margin.md in <out> is refused before any work unless --overwrite.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, photo_folder  # noqa: E402
+from output_files import refuse_existing, write_text  # noqa: E402
 from tune_guidance import Scorer, load_set  # noqa: E402
 
 FIXES = ["none", "wavelet-5", "wavelet-4", "wavelet-3"]
@@ -63,6 +66,8 @@ def main(argv=None) -> int:
                     help="override a RestoreSettings field for every run (e.g. w_p=0 step_size=0.5)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "margin")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run's margin.csv and margin.md in --out")
     args = ap.parse_args(argv)
     for fix in args.fixes:
         try:
@@ -75,6 +80,8 @@ def main(argv=None) -> int:
         if field not in {f.name for f in dataclasses.fields(RestoreSettings)} or not value:
             ap.error(f"--set: expected FIELD=VALUE with a RestoreSettings field, got {item!r}")
         overrides[field] = _number_or_text(value)
+    outputs = [args.out / "margin.csv", args.out / "margin.md"]
+    refuse_existing(outputs, args.overwrite)
     torch.set_num_threads(args.threads)
 
     data = load_set(args.photo_dir, args.photos)
@@ -101,11 +108,12 @@ def main(argv=None) -> int:
                 row += [f"{p:.2f}", f"{lp:.4f}", f"{p - pu:+.2f}", f"{p - bic_psnr:+.2f}"]
             rows.append(row)
             print(" | ".join(row) + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    with open(args.out / "margin.csv", "w", newline="") as f:
-        csv.writer(f).writerows([head] + rows)
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows([head] + rows)
+    write_text(outputs[0], table.getvalue())
     md = [f"{len(data)} training photos, x4 medium, 256x256; overrides {overrides or 'none'}; bicubic {bic_psnr:.2f} dB / LPIPS {bic_lpips:.4f}", "",
           " | ".join(head), " | ".join("---" for _ in head)] + [" | ".join(r) for r in rows]
-    (args.out / "margin.md").write_text("\n".join(md) + "\n")
+    write_text(outputs[1], "\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -17,7 +17,9 @@
        they differ),
        LatentINN-inv0 / PixelINN-inv0 (the INN inverse with zero details);
 3. means over the split, differences and the acceptance checks -> <out>/acceptance.md (printed).
-The evaluation's own outputs (results.csv, table.md, grid.png) are in <out>/eval/medium/.
+The evaluation's own outputs (results.csv, table.md, grid.png) are in <out>/eval/medium/. An
+earlier measurement in <out> is refused before any work unless --overwrite (the crops in <out>/gt/
+are kept and reused).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, split, write_crops, photo_folder  # noqa: E402
+from output_files import refuse_existing, write_text  # noqa: E402
 
 TARGET_PSNR, TARGET_LPIPS = 0.5, 0.05
 #: What this script calls "a wide margin" over unguided sampling (dB PSNR).
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "measure")
     ap.add_argument("--overwrite", action="store_true", help="replace a previous measurement in --out")
     args = ap.parse_args(argv)
+    refuse_existing([args.out / "acceptance.md"], args.overwrite)  # the evaluation refuses its own outputs
 
     _, val = split(args.photos)
     gt = args.out / "gt"
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if proc.returncode != 0:
         return proc.returncode
     text = acceptance(means(args.out / "eval" / "medium" / "results.csv"), len(val))
-    (args.out / "acceptance.md").write_text(text)
+    write_text(args.out / "acceptance.md", text)
     print(text)
     return 0
 

@@ -7,7 +7,8 @@
 Writes models/<same name>.safetensors (floating-point tensors in fp16; the file keeps its format,
 config and embedded model card) and models/<name>.card.json: the training CLI's card plus a
 "bundled" section (precision, size, SHA-256, and the largest output change fp16 causes on a fixed
-random input, measured here). Refuses to replace files unless --overwrite.
+random input, measured here). Refuses to replace files unless --overwrite, and to write over the
+source itself (--out its own folder) in any case.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
+from output_files import refuse_existing, write_text  # noqa: E402  (scripts/output_files.py)
+
 
 def _half(sd: dict) -> dict:
     return {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
@@ -31,15 +34,15 @@ def _half(sd: dict) -> dict:
 
 def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = "",
             for_vae: Path | None = None) -> Path:
-    from indigo_core.errors import WeightsExistError
     from indigo_core.io.weights import read_weights_file, write_weights_file
 
     fmt = {"inn": "indigo-inn", "estimator": "indigo-estimator", "restorer": "indigo-restorer"}[kind]
     dst = out_dir / src.name
     card_src = src.with_name(src.name.replace(".safetensors", ".card.json"))
     card_dst = out_dir / card_src.name
-    if not overwrite and (dst.exists() or card_dst.exists()):
-        raise WeightsExistError(dst, "exists; pass --overwrite to replace it")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise SystemExit(f"{dst} is the source file itself: choose another --out")
+    refuse_existing([dst, card_dst], overwrite)
     tensors, metadata = read_weights_file(src, fmt)
     write_weights_file(dst, _half(tensors), metadata, overwrite=overwrite)
 
@@ -89,7 +92,7 @@ def package(kind: str, src: Path, out_dir: Path, overwrite: bool, note: str = ""
     if for_vae is not None:
         card["bundled"]["for_autoencoder"] = {"file": for_vae.name,
                                               "sha256": hashlib.sha256(for_vae.read_bytes()).hexdigest()}
-    card_dst.write_text(json.dumps(card, indent=2, default=str) + "\n")
+    write_text(card_dst, json.dumps(card, indent=2, default=str) + "\n")
     return dst
 
 
@@ -103,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--for-vae", type=Path, default=None,
                     help="a LatentINN's autoencoder file: its name and SHA-256 go into the card")
     args = ap.parse_args(argv)
+    if args.src.suffix != ".safetensors":  # its card is found, and written, by replacing that suffix
+        ap.error(f"src {args.src}: expected a .safetensors file")
     if args.for_vae is not None and not args.for_vae.is_file():
         ap.error(f"--for-vae {args.for_vae}: no such file")
     dst = package(args.kind, args.src, args.out, args.overwrite, args.note, args.for_vae)

@@ -18,6 +18,8 @@ CROP = 256
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from output_files import save_image  # noqa: E402  (scripts/output_files.py, beside this file)
+
 
 def photo_folder(value: str) -> Path:
     """argparse type of the photo-folder options: an existing folder (the default is checked too)."""
@@ -54,12 +56,13 @@ def centre_crop(path: Path, size: int = CROP):
 
 
 def write_crops(files: list[Path], folder: Path, size: int = CROP) -> list[Path]:
-    """Save the centre crops of `files` as <folder>/<stem>.png (existing files are kept)."""
+    """Save the centre crops of `files` as <folder>/<stem>.png (existing files are kept; each is
+    written atomically, so an interrupted run leaves no half-written crop to be kept)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for f in files:
         target = folder / f"{f.stem}.png"
         if not target.exists():
-            centre_crop(f, size).save(target)
+            save_image(centre_crop(f, size), target)
         out.append(target)
     return out

@@ -8,8 +8,15 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 stamp_want=$(cat requirements.txt requirements-test.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.indigo-stamp" 2>/dev/null)" != "$stamp_want" ]; then
   log "creating $venv (torch 2.14.1, torchvision 0.29.1 and the pack's dependencies; ~2 min the first time)"
-  # a venv interrupted while it was being made (python there, pip not) is made again
-  [ -x "$venv/bin/pip" ] || { rm -rf "$venv"; python3 -m venv "$venv"; }
+  # a venv this set-up was making when it was interrupted (python there, pip not) is made again; a
+  # pip-less .venv made otherwise (e.g. by uv) is the user's and is never deleted
+  if [ ! -x "$venv/bin/pip" ]; then
+    if [ -e "$venv" ] && [ ! -e "$venv/.indigo-creating" ]; then
+      log "$venv has no pip and was not made by this set-up: move it away (or install pip into it) and run again"
+      exit 1
+    fi
+    rm -rf "$venv"; mkdir -p "$venv"; : > "$venv/.indigo-creating"; python3 -m venv "$venv"
+  fi
   "$venv/bin/pip" install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -c "import torch, torchvision, timm, safetensors, pytest" || { log "venv set-up failed"; exit 1; }

@@ -1,14 +1,16 @@
 """Choose the restore defaults on TRAINING photos (never the validation split the acceptance uses).
 
-    .venv/bin/python scripts/tune_guidance.py --mode latent [--photos N] [--out runs/tune]
+    .venv/bin/python scripts/tune_guidance.py --mode latent [--photos N] [--out runs/tune] [--overwrite]
 
 Takes N training photos of the prior's split (every k-th by name, --crop centre crops), degrades
 them with the x4 medium preset (seed = photo index), and searches the sampling and guidance
 settings one at a time (coordinate search, two passes) from the current defaults of
 `indigo_core.restore.pipeline.default_settings`. The score of a setting is the smaller of its two
 margins over the acceptance target on these photos: min((dPSNR - 0.5) / 0.5, (-dLPIPS - 0.05) / 0.05)
-against bicubic; ties broken by PSNR. Every evaluation goes to <out>/<mode>.csv; the best settings
-are printed (copy them into MODE_DEFAULTS by hand).
+against bicubic; ties broken by PSNR. Every evaluation goes to <out>/<mode>.csv as it is made
+(<mode>.csv.part until the search ends: an interrupted search leaves its rows there); the best
+settings are printed (copy them into MODE_DEFAULTS by hand). An earlier search's <mode>.csv (or
+.csv.part) is refused before any work unless --overwrite.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photo_crops import DEFAULT_PHOTOS, REPO_ROOT, centre_crop, split, photo_folder  # noqa: E402
+from output_files import part_path, partial_file, refuse_existing  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -100,7 +103,10 @@ def main(argv=None) -> int:
     ap.add_argument("--inn", help="INN file (default: the bundled one)")
     ap.add_argument("--prior-vae", help="prior autoencoder file (default: the bundled one)")
     ap.add_argument("--prior-unet", help="prior UNet file (default: the bundled one)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier search's <mode>.csv in --out")
     args = ap.parse_args(argv)
+    log = args.out / f"{args.mode}.csv"
+    refuse_existing([log, part_path(log)], args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -109,9 +115,8 @@ def main(argv=None) -> int:
     files = {"inn": args.inn, "prior_vae": args.prior_vae, "prior_unet": args.prior_unet}
     scorer = Scorer(data, args.mode, load_lpips("alex"), files)
     print(f"bicubic: PSNR {scorer.base[0]:.2f} dB, LPIPS {scorer.base[1]:.4f}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     best = default_settings(args.mode)
-    with open(args.out / f"{args.mode}.csv", "w", newline="") as f:
+    with partial_file(log, newline="") as f:
         w = csv.writer(f)
         w.writerow(["pass", "field", "value", "score", "psnr", "lpips", "d_psnr", "d_lpips", "seconds", "settings"])
         best_score = scorer(best)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the bundled prior (autoencoder, then UNet) in one time-bounded run on a GPU machine.
 #
-#   bash tools/gpu_train.sh [STAGED_DATA_DIR]        (default: .gpu_data)
+#   bash tools/gpu_train.sh [--overwrite] [STAGED_DATA_DIR]        (default: .gpu_data)
 #
 # STAGED_DATA_DIR holds train/ and val/ photos and split.json, as written here by
 #   .venv/bin/python -m indigo_core.prior.train stage --data ../shared/data/photos --out .gpu_data
@@ -10,7 +10,9 @@
 #
 # Needs only python3 with torch, numpy, Pillow and safetensors (no venv, no network). Results go
 # to $OUT (default runs/gpu_out): the two fp16 weight files, their model cards, run.log and
-# logs.tar.gz (CSV logs, sample/reconstruction PNGs, split.json) - six files.
+# logs.tar.gz (CSV logs, sample/reconstruction PNGs, split.json) - six files. A $OUT that already
+# holds one of them is refused before anything runs unless --overwrite (run.log is appended to);
+# each is written as a .part file and renamed, so an interrupted run leaves no half-copied file.
 #
 # Time: the autoencoder loop gets AE_MINUTES, the UNet loop UNET_MINUTES, both capped so that the
 # whole script ends within TOTAL_MINUTES of its start (set-up, exports and sampling included).
@@ -24,6 +26,8 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
+overwrite=0
+if [ "${1:-}" = --overwrite ]; then overwrite=1; shift; fi
 data=${1:-.gpu_data}
 py=${PYTHON:-python3}
 out=${OUT:-runs/gpu_out}
@@ -31,10 +35,26 @@ work=${WORK:-runs/gpu_work}
 ae_min=${AE_MINUTES:-3.75}
 unet_min=${UNET_MINUTES:-3.5}
 total_min=${TOTAL_MINUTES:-9.3}
+outputs="indigo-prior-vae.safetensors indigo-prior-vae.card.json indigo-prior-unet.safetensors
+         indigo-prior-unet.card.json logs.tar.gz"
+if [ $overwrite = 0 ]; then
+  for f in $outputs; do
+    [ -e "$out/$f" ] && { echo "gpu_train: $out/$f already exists: pass --overwrite to replace the earlier" \
+      "run's files, or set OUT to another folder" >&2; exit 2; }
+  done
+fi
 mkdir -p "$out" "$work"
 exec > >(tee -a "$out/run.log") 2>&1
 
 say() { echo "[gpu_train $(($(date +%s) - t0))s] $*"; }
+# put FILE...: copy into $out, each through a .part file renamed into place
+put() {
+  local f part
+  for f in "$@"; do
+    part="$out/.$(basename "$f").part"
+    cp "$f" "$part" && mv -f "$part" "$out/$(basename "$f")" || return 1
+  done
+}
 left_min() { "$py" -c "import sys; print(max(0.0, $total_min - ($(date +%s) - $t0) / 60.0 - float(sys.argv[1])))" "$1"; }
 min_of() { "$py" -c "import sys; print(min(float(a) for a in sys.argv[1:]))" "$@"; }
 
@@ -100,7 +120,8 @@ PY
 )
 [ -n "$ae_dir" ] || { say "no autoencoder variant finished"; exit 3; }
 say "chosen autoencoder: $ae_dir"
-cp "$ae_dir"/indigo-prior-vae.safetensors "$ae_dir"/indigo-prior-vae.card.json "$out"/
+put "$ae_dir"/indigo-prior-vae.safetensors "$ae_dir"/indigo-prior-vae.card.json \
+  || say "could not copy the autoencoder into $out"
 
 unet_budget=$(min_of "$unet_min" "$(left_min 0.6)")
 say "unet: ${unet_budget} min"
@@ -109,7 +130,7 @@ timeout $(( ${unet_budget%.*} * 60 + 180 )) "$py" $pyflags -m indigo_core.prior.
   --autoencoder "$ae_dir/indigo-prior-vae.safetensors" \
   --max-minutes "$unet_budget" --val-minutes 0.5 --ckpt-minutes 100 --log-every 200 ${UNET_ARGS:-}
 rc=$?
-[ $rc -eq 0 ] && cp "$unet_dir"/indigo-prior-unet.safetensors "$unet_dir"/indigo-prior-unet.card.json "$out"/ \
+[ $rc -eq 0 ] && put "$unet_dir"/indigo-prior-unet.safetensors "$unet_dir"/indigo-prior-unet.card.json \
   || say "unet training failed (rc=$rc)"
 
 files=()
@@ -121,7 +142,7 @@ done
 for f in "$unet_dir"/unet_log.csv "$unet_dir"/unet_samples.png "$data"/split.json; do
   [ -f "$f" ] && files+=("$f")
 done
-tar -czf "$out/logs.tar.gz" "${files[@]}"
+tar -czf "$out/.logs.tar.gz.part" "${files[@]}" && mv -f "$out/.logs.tar.gz.part" "$out/logs.tar.gz"
 "$py" - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])

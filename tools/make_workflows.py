@@ -9,7 +9,8 @@ ComfyUI server with the pack, as tests/host/test_browser.py runs it) and saved w
 own serialisation, so the files are exactly what the graph editor writes. The thumbnail is the
 graph as the editor draws it, with the workflow's title. Needs the test set-up (./scripts/test.sh
 once: .venv, ComfyUI 0.3.75, chromium, playwright). Model and image names are the defaults users
-get; the files themselves are not needed to build the graphs.
+get; the files themselves are not needed to build the graphs. Regenerating them is what the tool is
+for: it replaces the files in workflows/ (tracked by git), each atomically.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import browser_helpers as bh  # noqa: E402
 import demo  # noqa: E402  (scripts/demo.py: the restore defaults as node widgets)
 import host_harness  # noqa: E402
+from output_files import save_image, write_text  # noqa: E402  (scripts/output_files.py)
 
 OUT = ROOT / "workflows"
 
@@ -352,7 +354,7 @@ def thumbnail(png: Path, jpg: Path, title: str) -> None:
     except TypeError:  # Pillow < 10.1 has one fixed-size default font
         font = ImageFont.load_default()
     draw.text((12, 7), f"INDIGO · {title}", fill=(235, 235, 245), font=font)
-    canvas.save(jpg, quality=88, optimize=True)
+    save_image(canvas, jpg, quality=88, optimize=True)
 
 
 def _placeholder_image(path: Path, size: int) -> None:
@@ -393,7 +395,7 @@ def main(argv=None) -> int:
                     graph = browser.js(bh.BUILD_GRAPH_JS, {"nodes": spec["nodes"], "links": spec["links"]})
                     graph.setdefault("extra", {})["indigo"] = {"title": spec["title"]}
                     graph["extra"].pop("ds", None)  # the view of the session that built it
-                    (OUT / f"{name}.json").write_text(json.dumps(graph, indent=1) + "\n")
+                    write_text(OUT / f"{name}.json", json.dumps(graph, indent=1) + "\n")
                     browser.js(bh.FIT_VIEW_JS, True)
                     browser.page.wait_for_timeout(500)
                     clip = browser.js(bh.FIT_VIEW_JS, True)  # again: the view has settled
