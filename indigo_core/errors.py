@@ -11,6 +11,11 @@ class ConfigError(IndigoError, ValueError):
     """An INN, estimator or guidance configuration is invalid."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """An object of the wrong kind where a configuration or a network was expected (also a
+    TypeError, for callers that catch that)."""
+
+
 class ShapeError(IndigoError, ValueError):
     """A tensor's shape, channel count, size or batch does not fit (message: expected vs got)."""
 

@@ -11,12 +11,14 @@ bit for bit.
 from __future__ import annotations
 
 import io
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, ShapeError
+from .checks import check_image
 
 __all__ = ["jpeg_real", "jpeg_differentiable", "encode_jpeg", "to_uint8", "from_uint8"]
 
@@ -24,15 +26,17 @@ __all__ = ["jpeg_real", "jpeg_differentiable", "encode_jpeg", "to_uint8", "from_
 def _qualities(quality, n: int) -> list[int]:
     if isinstance(quality, torch.Tensor):
         quality = quality.flatten().tolist()
-    if isinstance(quality, (int, float)):
+    if isinstance(quality, numbers.Real):
         quality = [quality] * n
+    if isinstance(quality, (str, bytes)) or not isinstance(quality, Sequence):
+        raise ConfigError(f"jpeg quality: expected an integer in 1..100 or one per image, got {quality!r}")
     quality = list(quality)
     if len(quality) != n:
         raise ShapeError(f"jpeg: expected {n} qualities (one per image), got {len(quality)}")
     out = []
     for q in quality:
-        if int(q) != q or not 1 <= int(q) <= 100:
-            raise ConfigError(f"jpeg quality: expected an integer in 1..100, got {q}")
+        if isinstance(q, bool) or not isinstance(q, numbers.Real) or int(q) != q or not 1 <= int(q) <= 100:
+            raise ConfigError(f"jpeg quality: expected an integer in 1..100, got {q!r}")
         out.append(int(q))
     return out
 
@@ -47,17 +51,12 @@ def from_uint8(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Ten
     return x.to(dtype) / 255.0
 
 
-def _check_image(x: torch.Tensor, who: str) -> None:
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ShapeError(f"{who}: expected (B,1,H,W) or (B,3,H,W) images, got {tuple(x.shape)}")
-
-
 def encode_jpeg(x: torch.Tensor, quality: int | Sequence[int] | torch.Tensor) -> list[bytes]:
     """JPEG files (bytes) of each image. x: (B,C,H,W) float in [0,1], C = 1 or 3; quality: one
     int in 1..100 or one per image. Pillow/libjpeg, 4:2:0 chroma subsampling, standard tables."""
     from PIL import Image
 
-    _check_image(x, "encode_jpeg")
+    check_image(x, "encode_jpeg", (1, 3))
     qs = _qualities(quality, x.shape[0])
     out = []
     for img, q in zip(to_uint8(x).cpu(), qs):
@@ -75,7 +74,10 @@ def jpeg_real(x: torch.Tensor, quality: int | Sequence[int] | torch.Tensor) -> t
     k/255, dtype/device of x. Not differentiable (the output is detached)."""
     from PIL import Image
 
-    _check_image(x, "jpeg_real")
+    check_image(x, "jpeg_real", (1, 3))
+    if x.shape[0] == 0:
+        _qualities(quality, 0)
+        return x.detach().clone()
     gray = x.shape[1] == 1
     outs = []
     for data in encode_jpeg(x, quality):
@@ -92,8 +94,9 @@ def jpeg_differentiable(x: torch.Tensor, quality: int | Sequence[int] | torch.Te
     quality: one int in 1..100 or one per image. Gradients flow to x."""
     from kornia.enhance import jpeg_codec_differentiable
 
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ShapeError(f"jpeg_differentiable: expected (B,3,H,W) RGB images, got {tuple(x.shape)}")
+    check_image(x, "jpeg_differentiable", (3,))
     qs = _qualities(quality, x.shape[0])
+    if x.shape[0] == 0:
+        return x.clamp(0, 1)
     q = torch.tensor(qs, dtype=x.dtype if x.dtype.is_floating_point else torch.float32, device=x.device)
     return jpeg_codec_differentiable(x.clamp(0, 1), q)

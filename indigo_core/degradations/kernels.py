@@ -9,11 +9,13 @@ Sigmas are in pixels of the high-resolution image x.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError
+from .checks import check_image
 
 __all__ = ["default_kernel_size", "gaussian_kernel", "gaussian_kernel_1d", "isotropic_gaussian_kernel",
            "anisotropic_gaussian_kernel", "blur", "blur_separable"]
@@ -26,10 +28,20 @@ def default_kernel_size(sigma: float, sigma_y: float | None = None) -> int:
 
 
 def _check_sigma(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name}: expected a finite blur sigma > 0 (pixels), got {value}")
-    return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}: expected a finite blur sigma > 0 (pixels), got {value!r}")
+    return float(value)
+
+
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, numbers.Real) or int(size) != size or size < 1 or size % 2 == 0:
+        raise ConfigError(f"kernel size: expected an odd integer >= 1, got {size!r}")
+    return int(size)
+
+
+def _check_kernel(k, who: str, name: str) -> None:
+    if not isinstance(k, torch.Tensor):
+        raise ShapeError(f"{who}: expected {name} as a torch.Tensor, got {type(k).__name__}")
 
 
 def gaussian_kernel(sigma: float, sigma_y: float | None = None, theta: float = 0.0,
@@ -44,11 +56,9 @@ def gaussian_kernel(sigma: float, sigma_y: float | None = None, theta: float = 0
     """
     sx = _check_sigma("sigma", sigma)
     sy = sx if sigma_y is None else _check_sigma("sigma_y", sigma_y)
-    if size is None:
-        size = default_kernel_size(sx, sy)
-    size = int(size)
-    if size < 1 or size % 2 == 0:
-        raise ConfigError(f"kernel size: expected an odd integer >= 1, got {size}")
+    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not math.isfinite(theta):
+        raise ConfigError(f"theta: expected a finite angle in radians, got {theta!r}")
+    size = default_kernel_size(sx, sy) if size is None else _check_size(size)
     r = (size - 1) / 2.0
     ax = torch.arange(size, dtype=torch.float64) - r
     yy, xx = torch.meshgrid(ax, ax, indexing="ij")
@@ -66,8 +76,7 @@ def gaussian_kernel_1d(sigma: float, size: int, *, dtype: torch.dtype = torch.fl
     """Normalised 1-D Gaussian (size,), sum 1. The outer product of the kernels for sigma_x and
     sigma_y equals `gaussian_kernel(sigma_x, sigma_y, 0, size)` up to float rounding."""
     s = _check_sigma("sigma", sigma)
-    if size < 1 or size % 2 == 0:
-        raise ConfigError(f"kernel size: expected an odd integer >= 1, got {size}")
+    size = _check_size(size)
     ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
     k = torch.exp(-0.5 * (ax / s) ** 2)
     return (k / k.sum()).to(dtype=dtype, device=device)
@@ -91,8 +100,9 @@ def _pad_mode(r: int, h: int, w: int) -> str:
 def blur_separable(x: torch.Tensor, kernel_x: torch.Tensor, kernel_y: torch.Tensor) -> torch.Tensor:
     """Blur x (B,C,H,W) with the separable kernel outer(kernel_y, kernel_x) (1-D, odd, same size),
     as two 1-D passes: O(k) per pixel instead of O(k^2). Borders as in `blur`."""
-    if x.ndim != 4:
-        raise ShapeError(f"blur: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
+    check_image(x, "blur_separable")
+    _check_kernel(kernel_x, "blur_separable", "kernel_x")
+    _check_kernel(kernel_y, "blur_separable", "kernel_y")
     if kernel_x.ndim != 1 or kernel_x.shape != kernel_y.shape or kernel_x.shape[0] % 2 == 0:
         raise ShapeError(f"blur_separable: expected two odd 1-D kernels of one size, got "
                          f"{tuple(kernel_x.shape)} and {tuple(kernel_y.shape)}")
@@ -115,8 +125,8 @@ def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     reaches the image size, reflection is impossible and the border is replicated instead.
     Differentiable w.r.t. x and kernel; dtype and device follow x.
     """
-    if x.ndim != 4:
-        raise ShapeError(f"blur: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
+    check_image(x, "blur")
+    _check_kernel(kernel, "blur", "kernel")
     if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
         raise ShapeError(f"blur: expected an odd square kernel (k,k), got {tuple(kernel.shape)}")
     b, c, h, w = x.shape

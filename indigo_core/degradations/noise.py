@@ -8,21 +8,31 @@ noise on every device. Noise is independent per pixel and per channel (colour no
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, InputValueError, ShapeError
 
 __all__ = ["gaussian_noise", "add_gaussian_noise"]
+
+
+def _check_level(level) -> None:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not math.isfinite(level) or level < 0:
+        raise ConfigError(f"noise level: expected a finite value >= 0 on the 0..255 scale, got {level!r}")
 
 
 def gaussian_noise(shape: tuple[int, ...], level: float, seed: int, *,
                    dtype: torch.dtype = torch.float32,
                    device: torch.device | str | None = None) -> torch.Tensor:
     """Noise of std level/255 and the given shape; deterministic in `seed` (an int >= 0)."""
+    _check_level(level)
     level = float(level)
-    if not math.isfinite(level) or level < 0:
-        raise ConfigError(f"noise level: expected a finite value >= 0 on the 0..255 scale, got {level}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(f"noise seed: expected an integer >= 0, got {seed!r}")
+    if not (isinstance(shape, (tuple, list, torch.Size)) and all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise ShapeError(f"noise: expected a shape of integers >= 0, got {shape!r}")
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))
     n = torch.randn(shape, generator=g, dtype=torch.float32)
@@ -32,8 +42,14 @@ def gaussian_noise(shape: tuple[int, ...], level: float, seed: int, *,
 def add_gaussian_noise(x: torch.Tensor, level: float, seed: int) -> torch.Tensor:
     """x + n, n ~ N(0, (level/255)^2) per element; x is (..., H, W) in [0,1]. No clamping here.
     A level of 0 returns x unchanged."""
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"noise: expected x as a torch.Tensor (..., H, W), got {type(x).__name__}")
     if x.ndim < 2:
         raise ShapeError(f"noise: expected an image tensor (..., H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        # noise cast to an integer dtype would round to zero: x would come back unchanged
+        raise InputValueError(f"noise: expected a floating-point image in [0,1], got dtype {x.dtype}")
+    _check_level(level)
     if float(level) == 0.0:
         return x
     return x + gaussian_noise(tuple(x.shape), level, seed, dtype=x.dtype, device=x.device)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -72,23 +73,30 @@ class DegradationParams:
         def bad(field, expected, got):
             raise ConfigError(f"DegradationParams.{field}: expected {expected}, got {got!r}")
 
-        if not (isinstance(self.blur_sigma, (int, float)) and math.isfinite(self.blur_sigma) and self.blur_sigma > 0):
+        def finite(v) -> bool:  # a real number (not a bool, str, None or tensor) that is finite
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+        def integral(v) -> bool:
+            return finite(v) and int(v) == v
+
+        if not (finite(self.blur_sigma) and self.blur_sigma > 0):
             bad("blur_sigma", "a finite float > 0", self.blur_sigma)
-        if self.blur_sigma_y is not None and not (math.isfinite(self.blur_sigma_y) and self.blur_sigma_y > 0):
+        if self.blur_sigma_y is not None and not (finite(self.blur_sigma_y) and self.blur_sigma_y > 0):
             bad("blur_sigma_y", "None or a finite float > 0", self.blur_sigma_y)
-        if not (isinstance(self.noise_level, (int, float)) and math.isfinite(self.noise_level) and self.noise_level >= 0):
+        if not finite(self.blur_theta):
+            bad("blur_theta", "a finite angle in radians", self.blur_theta)
+        if not (finite(self.noise_level) and self.noise_level >= 0):
             bad("noise_level", "a finite float >= 0 (0..255 scale)", self.noise_level)
-        if self.jpeg_quality is not None and (int(self.jpeg_quality) != self.jpeg_quality
-                                              or not 1 <= int(self.jpeg_quality) <= 100):
+        if self.jpeg_quality is not None and not (integral(self.jpeg_quality) and 1 <= self.jpeg_quality <= 100):
             bad("jpeg_quality", "None or an integer in 1..100", self.jpeg_quality)
-        if int(self.scale) != self.scale or int(self.scale) < 1:
+        if not (integral(self.scale) and self.scale >= 1):
             bad("scale", "an integer >= 1", self.scale)
-        if self.kernel_size is not None and (int(self.kernel_size) != self.kernel_size
-                                             or self.kernel_size < 1 or self.kernel_size % 2 == 0):
+        if self.kernel_size is not None and not (integral(self.kernel_size) and self.kernel_size >= 1
+                                                 and self.kernel_size % 2 == 1):
             bad("kernel_size", "None or an odd integer >= 1", self.kernel_size)
         if self.resize not in RESIZE_MODES:
             bad("resize", f"one of {RESIZE_MODES}", self.resize)
-        if self.noise_seed is not None and (int(self.noise_seed) != self.noise_seed or self.noise_seed < 0):
+        if self.noise_seed is not None and not (integral(self.noise_seed) and self.noise_seed >= 0):
             bad("noise_seed", "None or an integer >= 0", self.noise_seed)
 
     @property
@@ -111,11 +119,19 @@ class DegradationParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> DegradationParams:
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"DegradationParams.from_dict: expected a mapping, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"DegradationParams: unknown keys {sorted(unknown)}; expected a subset of {sorted(names)}")
+        missing = [n for n in _REQUIRED_PARAMS if n not in d]
+        if missing:
+            raise ConfigError(f"DegradationParams.from_dict: missing required keys {missing}; got {sorted(d)}")
         return cls(**d)
+
+
+_REQUIRED_PARAMS = ("blur_sigma", "noise_level", "jpeg_quality")
 
 
 PRESETS: dict[str, DegradationParams] = {
@@ -128,8 +144,12 @@ PRESETS: dict[str, DegradationParams] = {
 def preset(name: str, **overrides) -> DegradationParams:
     """The paper's evaluation level `name` ("mild" | "medium" | "severe"), optionally with fields
     replaced (e.g. preset("medium", scale=2, noise_seed=0))."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"degradation preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DegradationParams)})
+    if unknown:
+        raise ConfigError(f"degradation preset {name!r}: unknown field(s) {unknown}; expected fields of "
+                          f"DegradationParams {sorted(f.name for f in dataclasses.fields(DegradationParams))}")
     return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
 
 
@@ -151,6 +171,15 @@ class DegradationRanges:
     resize_modes: tuple[str, ...] = ("bicubic",)
 
     def __post_init__(self):
+        for name in ("blur_sigma", "noise_level", "jpeg_quality"):
+            v = getattr(self, name)
+            if not (isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
+                    and all(isinstance(e, numbers.Real) and not isinstance(e, bool) and math.isfinite(e) for e in v)):
+                raise ConfigError(f"DegradationRanges.{name}: expected a (low, high) pair of finite numbers, got {v!r}")
+        if not all(int(q) == q for q in self.jpeg_quality):
+            raise ConfigError(f"DegradationRanges.jpeg_quality: expected integer qualities, got {self.jpeg_quality}")
+        if not (isinstance(self.scale, numbers.Integral) and not isinstance(self.scale, bool) and self.scale >= 1):
+            raise ConfigError(f"DegradationRanges.scale: expected an integer >= 1, got {self.scale!r}")
         lo, hi = self.blur_sigma
         if not 0 < lo <= hi:
             raise ConfigError(f"DegradationRanges.blur_sigma: expected 0 < low <= high, got {self.blur_sigma}")
@@ -162,11 +191,11 @@ class DegradationRanges:
             raise ConfigError(f"DegradationRanges.jpeg_quality: expected 1 <= low <= high <= 100, got {self.jpeg_quality}")
         for name in ("anisotropic_prob", "jpeg_prob"):
             p = getattr(self, name)
-            if not 0 <= p <= 1:
-                raise ConfigError(f"DegradationRanges.{name}: expected a probability in [0,1], got {p}")
+            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+                raise ConfigError(f"DegradationRanges.{name}: expected a probability in [0,1], got {p!r}")
         if not self.resize_modes or any(m not in RESIZE_MODES for m in self.resize_modes):
             raise ConfigError(f"DegradationRanges.resize_modes: expected a non-empty subset of {RESIZE_MODES}, "
-                              f"got {self.resize_modes}")
+                              f"got {self.resize_modes!r}")
 
 
 TRAINING_RANGES = DegradationRanges()
@@ -175,6 +204,8 @@ TRAINING_RANGES = DegradationRanges()
 def _make_generator(generator: torch.Generator | int | None) -> torch.Generator:
     if isinstance(generator, torch.Generator):
         return generator
+    if generator is not None and (isinstance(generator, bool) or not isinstance(generator, numbers.Integral)):
+        raise ConfigError(f"generator: expected a torch.Generator, an integer seed or None, got {generator!r}")
     g = torch.Generator(device="cpu")
     if generator is None:
         g.seed()
@@ -195,8 +226,9 @@ def sample_params(n: int, generator: torch.Generator | int | None = None,
                   ranges: DegradationRanges = TRAINING_RANGES) -> list[DegradationParams]:
     """n random DegradationParams from `ranges`, each resolved (kernel size, noise seed).
     generator: a CPU torch.Generator, an int seed, or None (fresh entropy)."""
-    if n < 0:
-        raise ConfigError(f"sample_params: expected n >= 0, got {n}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        raise ConfigError(f"sample_params: expected n an integer >= 0, got {n!r}")
+    _check_ranges(ranges, "sample_params")
     g = _make_generator(generator)
     out = []
     for _ in range(n):
@@ -215,6 +247,30 @@ def sample_params(n: int, generator: torch.Generator | int | None = None,
                               blur_sigma_y=sigma_y, blur_theta=theta, resize=mode)
         out.append(p.resolved(_draw_seed(g)))
     return out
+
+
+def _check_ranges(ranges, who: str) -> None:
+    if not isinstance(ranges, DegradationRanges):
+        raise ConfigError(f"{who}: expected ranges to be a DegradationRanges, got {type(ranges).__name__}")
+
+
+def _params_list(params, b: int) -> list[DegradationParams]:
+    """degrade's `params` (a preset name, one DegradationParams, or one per image) as a list of b."""
+    if isinstance(params, str):
+        params = preset(params)
+    if isinstance(params, DegradationParams):
+        return [params] * b
+    if isinstance(params, Mapping) or not isinstance(params, Iterable):
+        raise ConfigError(f"degrade: expected params to be a preset name, a DegradationParams or a sequence "
+                          f"of them (one per image), got {type(params).__name__}")
+    plist = list(params)
+    if len(plist) != b:
+        raise ShapeError(f"degrade: expected {b} DegradationParams (one per image), got {len(plist)}")
+    for i, p in enumerate(plist):
+        if not isinstance(p, DegradationParams):
+            raise ConfigError(f"degrade: expected params[{i}] to be a DegradationParams, got {type(p).__name__}"
+                              + (" (use DegradationParams.from_dict)" if isinstance(p, Mapping) else ""))
+    return plist
 
 
 def _degrade_before_jpeg(x: torch.Tensor, p: DegradationParams, clamp: bool) -> torch.Tensor:
@@ -249,29 +305,35 @@ def degrade(x: torch.Tensor,
     Returns (y of shape (B,C,H//s,W//s), dtype/device of x, and the list of B params actually used,
     each with kernel_size and noise_seed filled in). All images of a batch must share s.
     """
+    if not isinstance(x, torch.Tensor):
+        raise ShapeError(f"degrade: expected x as a torch.Tensor of shape (B,C,H,W), got {type(x).__name__}")
     if x.ndim != 4:
         raise ShapeError(f"degrade: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
         raise InputValueError(f"degrade: expected a floating-point image in [0,1], got dtype {x.dtype}")
     if jpeg not in JPEG_MODES:
         raise ConfigError(f"degrade: jpeg expected one of {JPEG_MODES}, got {jpeg!r}")
+    _check_ranges(ranges, "degrade")
+    b = x.shape[0]
+    g = _make_generator(generator)
+    plist = None if params is None else _params_list(params, b)
+    # cheap checks of the sizes before any work (and before sampling: it draws from g)
+    h, w, c = x.shape[-2], x.shape[-1], x.shape[1]
+    for s_ in ({p.scale for p in plist} if plist is not None else {ranges.scale}):
+        if h < s_ or w < s_:
+            raise ShapeError(f"degrade: image {h}x{w} is smaller than the scale factor {s_} (expected H and W >= {s_})")
+    may_jpeg = any(p.jpeg_quality is not None for p in plist) if plist is not None else ranges.jpeg_prob > 0
+    allowed = (1, 3) if jpeg == "real" else (3,)
+    if may_jpeg and c not in allowed:
+        raise ShapeError(f"degrade: the JPEG stage (jpeg={jpeg!r}) expects "
+                         f"{' or '.join(str(a) for a in allowed)} channels, got {c} (shape {tuple(x.shape)})")
     if x.numel() and not torch.isfinite(x).all():
         raise InputValueError("degrade: the image holds NaN or inf values")
     if x.numel() and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
         raise InputValueError(f"degrade: expected values in [0,1], got [{x.min().item():.4g}, {x.max().item():.4g}]")
-    b = x.shape[0]
-    g = _make_generator(generator)
-    if params is None:
+    if plist is None:
         plist = sample_params(b, g, ranges)
     else:
-        if isinstance(params, str):
-            params = preset(params)
-        if isinstance(params, DegradationParams):
-            plist = [params] * b
-        else:
-            plist = list(params)
-            if len(plist) != b:
-                raise ShapeError(f"degrade: expected {b} DegradationParams (one per image), got {len(plist)}")
         plist = [p.resolved(_draw_seed(g) if p.noise_seed is None else None) for p in plist]
     scales = {p.scale for p in plist}
     if len(scales) > 1:

@@ -8,10 +8,13 @@ dropped (cropped before resizing) so that every output pixel sees a whole s x s 
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, ShapeError
+from .checks import check_image
 
 __all__ = ["RESIZE_MODES", "downsample", "resize_to"]
 
@@ -24,12 +27,17 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def resize_to(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
     """Resize x (B,C,H,W) to (B,C,*size). Bicubic is antialiased when shrinking; values are not
     clamped (bicubic may overshoot [0,1] slightly). Differentiable; dtype/device follow x."""
-    if x.ndim != 4:
-        raise ShapeError(f"resize: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
+    check_image(x, "resize")
     _check_mode(mode)
+    if not (isinstance(size, (tuple, list, torch.Size)) and len(size) == 2 and all(_is_int(v) for v in size)):
+        raise ShapeError(f"resize: expected size as a pair of integers (H, W), got {size!r}")
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
         raise ShapeError(f"resize: expected an output size >= 1x1, got {h}x{w}")
@@ -37,16 +45,19 @@ def resize_to(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> 
         return x
     if mode == "area":
         return F.interpolate(x, size=(h, w), mode="area")
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        # torch has no half-precision antialiased bicubic kernel on the CPU: compute in float32
+        out = F.interpolate(x.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+        return out.to(x.dtype)
     return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
 
 
 def downsample(x: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tensor:
     """Downsample x (B,C,H,W) by the integer factor `scale` to exactly (B,C,H//scale,W//scale)."""
-    if x.ndim != 4:
-        raise ShapeError(f"downsample: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
+    check_image(x, "downsample")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or int(scale) != scale or scale < 1:
+        raise ConfigError(f"downsample: expected an integer scale >= 1, got {scale!r}")
     s = int(scale)
-    if s != scale or s < 1:
-        raise ConfigError(f"downsample: expected an integer scale >= 1, got {scale}")
     h, w = x.shape[-2:]
     if h < s or w < s:
         raise ShapeError(f"downsample: image {h}x{w} is smaller than the scale factor {s}")

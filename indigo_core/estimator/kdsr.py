@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError, WeightsFileError
+from ..inn.inputs import check_float_input
 from ..io.safe_pickle import load_state_dict_file
-from ..io.weights import format_metadata, load_state_strict, read_weights_file, write_weights_file
+from ..io.weights import check_float_dtype, format_metadata, load_state_strict, read_weights_file, write_weights_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 ESTIMATOR_FORMAT = "indigo-estimator"
@@ -54,8 +55,9 @@ class EstimatorConfig:
             raise ConfigError(f"EstimatorConfig.role: expected one of {ROLES}, got {self.role!r}")
         for f in ("width", "n_res", "emb_dim", "scale"):
             v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if f == "n_res" else 1):
-                raise ConfigError(f"EstimatorConfig.{f}: expected a positive integer, got {v!r}")
+            least = 0 if f == "n_res" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ConfigError(f"EstimatorConfig.{f}: expected an integer >= {least}, got {v!r}")
 
     @property
     def in_channels(self) -> int:
@@ -113,7 +115,13 @@ class DegradationEstimator(nn.Module):
 
     def __init__(self, config: Optional[EstimatorConfig] = None) -> None:
         super().__init__()
-        cfg = config or EstimatorConfig()
+        cfg = EstimatorConfig() if config is None else config
+        if not isinstance(cfg, EstimatorConfig):
+            raise ConfigError(f"{type(self).__name__}: expected an EstimatorConfig (e.g. EstimatorConfig.preset('kdsr')), "
+                              f"got {type(cfg).__name__}")
+        if cfg.role == "teacher" and not isinstance(self, DegradationTeacher):
+            raise ConfigError("DegradationEstimator: expected a config with role 'student', got 'teacher' "
+                              "(build the teacher with DegradationTeacher(config) or build_estimator(config))")
         self.config = cfg
         w = cfg.width
         layers: list[nn.Module] = [_conv(cfg.in_channels, w), nn.LeakyReLU(0.1)]
@@ -128,6 +136,7 @@ class DegradationEstimator(nn.Module):
         if not isinstance(y, Tensor) or y.dim() != 4 or y.shape[1] != channels or min(y.shape[-2:]) < 1:
             got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
             raise ShapeError(f"DegradationEstimator: expected {what} of shape (B,{channels},h,w), got {got}")
+        check_float_input(y, self, type(self).__name__, what)
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         fea = self.mlp(self.E(x).flatten(1))
@@ -160,7 +169,10 @@ class DegradationTeacher(DegradationEstimator):
     """KDSR teacher: `teacher(lq, hq)` with lq (B,3,h,w), hq (B,3,h*s,w*s), both in [0,1]."""
 
     def __init__(self, config: Optional[EstimatorConfig] = None) -> None:
-        cfg = config or EstimatorConfig(role="teacher")
+        cfg = EstimatorConfig(role="teacher") if config is None else config
+        if not isinstance(cfg, EstimatorConfig):
+            raise ConfigError(f"DegradationTeacher: expected an EstimatorConfig (e.g. EstimatorConfig.preset("
+                              f"'kdsr-teacher')), got {type(cfg).__name__}")
         if cfg.role != "teacher":
             raise ConfigError(f"DegradationTeacher: expected a config with role 'teacher', got {cfg.role!r}")
         super().__init__(cfg)
@@ -186,12 +198,18 @@ class DegradationTeacher(DegradationEstimator):
 
 def build_estimator(config: EstimatorConfig) -> DegradationEstimator:
     """The student or teacher class for `config.role`."""
+    if not isinstance(config, EstimatorConfig):
+        raise ConfigError(f"build_estimator: expected an EstimatorConfig (e.g. EstimatorConfig.preset('kdsr')), "
+                          f"got {type(config).__name__}")
     return DegradationTeacher(config) if config.role == "teacher" else DegradationEstimator(config)
 
 
 def save_estimator(est: DegradationEstimator, path: PathLike, overwrite: bool = False,
                    extra_metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Save as safetensors with {"format": "indigo-estimator", "format_version", "config"}."""
+    if not isinstance(est, DegradationEstimator):
+        raise ConfigError(f"save_estimator: expected a DegradationEstimator (or DegradationTeacher), "
+                          f"got {type(est).__name__}")
     metadata = format_metadata(ESTIMATOR_FORMAT, json.dumps(est.config.to_dict(), sort_keys=True), extra_metadata,
                                "save_estimator")
     return write_weights_file(path, est.state_dict(), metadata, overwrite=overwrite)
@@ -200,6 +218,7 @@ def save_estimator(est: DegradationEstimator, path: PathLike, overwrite: bool = 
 def load_estimator(path: PathLike, map_location: Union[str, torch.device, None] = "cpu",
                    dtype: Optional[torch.dtype] = torch.float32) -> DegradationEstimator:
     """Load a file written by :func:`save_estimator` (eval mode); bad files raise WeightsFileError."""
+    check_float_dtype(dtype, "load_estimator")
     tensors, metadata = read_weights_file(path, ESTIMATOR_FORMAT)
     try:
         cfg = EstimatorConfig.from_dict(json.loads(metadata.get("config", "")))

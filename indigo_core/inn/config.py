@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -102,8 +103,8 @@ class INNConfig:
                 raise bad(f, "a bool")
         for f in ("mlp_ratio", "input_shift"):
             v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise bad(f, "a number")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(f, "a finite number")
         if self.mlp_ratio <= 0:
             raise bad("mlp_ratio", "a number > 0")
         if self.block == "mrstb" and self.hidden % self.heads != 0:
@@ -161,6 +162,10 @@ class INNConfig:
 
     def replace(self, **changes: Any) -> "INNConfig":
         """A copy with some fields changed (validated)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ConfigError(f"INNConfig.replace: unknown field(s) {unknown}; expected a subset of {sorted(names)}")
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ presets

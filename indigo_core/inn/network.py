@@ -12,8 +12,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ShapeError
+from ..errors import ConfigTypeError, ShapeError
 from .config import INNConfig
+from .inputs import autocast_on, check_float_input
 from .lifting import LiftingPair, LiftNet
 from .wavelets import Split, make_split
 
@@ -36,7 +37,7 @@ class WaveletINN(nn.Module):
     def __init__(self, config: INNConfig, haar_backend: str = "auto") -> None:
         super().__init__()
         if not isinstance(config, INNConfig):
-            raise TypeError(f"WaveletINN: expected an INNConfig, got {type(config).__name__}")
+            raise ConfigTypeError(f"WaveletINN: expected an INNConfig, got {type(config).__name__}")
         self.config = config
         self.split_op: Split = make_split(config.split, config.channels, backend=haar_backend)
         n_sets = 1 if config.shared_pairs else config.levels
@@ -89,6 +90,7 @@ class WaveletINN(nn.Module):
             )
         if not torch.is_floating_point(x):
             raise ShapeError(f"WaveletINN: expected a floating-point x, got {x.dtype}")
+        check_float_input(x, self, "WaveletINN", "x")
 
     def _gamma(self, degradation: Optional[Tensor], ref: Tensor) -> Optional[Tensor]:
         if degradation is None:
@@ -100,6 +102,9 @@ class WaveletINN(nn.Module):
         b = ref.shape[0]
         if degradation.shape[0] not in (1, b):
             raise ShapeError(f"WaveletINN: degradation batch {degradation.shape[0]} does not match input batch {b}")
+        if not degradation.is_floating_point():
+            raise ShapeError(f"WaveletINN: expected a floating-point degradation embedding (B,{e}) "
+                             f"(the estimator's output), got dtype {degradation.dtype}")
         gamma = degradation.to(device=ref.device, dtype=ref.dtype)
         return gamma.expand(b, e) if gamma.shape[0] != b else gamma
 
@@ -108,6 +113,10 @@ class WaveletINN(nn.Module):
         """x (B,C,H,W) -> (coarse (B,C,H/s,W/s), details finest first)."""
         self._check_x(x)
         gamma = self._gamma(degradation, x)
+        if x.shape[0] == 0:  # an empty batch: empty outputs of the right shapes (timm cannot take B=0)
+            b, ch, h, w = x.shape
+            return (x.new_zeros((0, ch, *self.config.coarse_shape(h, w))),
+                    [x.new_zeros((0, 3 * ch, *hw)) for hw in self.config.detail_shapes(h, w)])
         c = x - self.config.input_shift if self.config.input_shift else x
         details: list[Tensor] = []
         for level in range(self.config.levels):
@@ -123,6 +132,9 @@ class WaveletINN(nn.Module):
         """(coarse, details finest first) -> x (B,C,H,W)."""
         self._check_inverse_inputs(coarse, details)
         gamma = self._gamma(degradation, coarse)
+        if coarse.shape[0] == 0:
+            _, ch, h, w = coarse.shape
+            return coarse.new_zeros((0, ch, h * self.config.scale, w * self.config.scale))
         c = coarse - self.config.input_shift if self.config.input_shift else coarse
         for level in reversed(range(self.config.levels)):
             d = details[level]
@@ -142,6 +154,9 @@ class WaveletINN(nn.Module):
             n = len(details) if isinstance(details, (list, tuple)) else type(details).__name__
             raise ShapeError(f"WaveletINN.inverse: expected a list of {cfg.levels} detail tensors, got {n}")
         b, _, h, w = coarse.shape
+        if h < 1 or w < 1:
+            raise ShapeError(f"WaveletINN.inverse: expected coarse with h and w >= 1, got shape {tuple(coarse.shape)}")
+        check_float_input(coarse, self, "WaveletINN.inverse", "coarse")
         f = 1 if cfg.split == "undecimated_haar" else 2
         for level in range(cfg.levels):
             k = cfg.levels - level - 1  # halvings between this level's detail size and coarse
@@ -150,3 +165,6 @@ class WaveletINN(nn.Module):
             if not isinstance(d, Tensor) or tuple(d.shape) != want:
                 got = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
                 raise ShapeError(f"WaveletINN.inverse: expected details[{level}] of shape {want}, got {got}")
+            if d.dtype != coarse.dtype and not autocast_on(d.device.type):
+                raise ShapeError(f"WaveletINN.inverse: expected details[{level}] of coarse's dtype {coarse.dtype}, "
+                                 f"got {d.dtype}")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from .atomic import atomic_write_bytes
-from ..errors import ConfigError, WeightsExistError, WeightsFileError
+from ..errors import ConfigError, ConfigTypeError, WeightsExistError, WeightsFileError
 from ..inn.config import INNConfig
 from ..inn.network import WaveletINN
 
@@ -34,12 +34,21 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------- generic file helpers
+def check_float_dtype(dtype: Optional[torch.dtype], who: str) -> None:
+    """A load or save function's `dtype`: None (keep the stored one) or a floating-point torch.dtype."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ConfigError(f"{who}: expected dtype None or a floating-point torch.dtype (e.g. torch.float32), "
+                          f"got {dtype!r}")
+
+
 def format_metadata(fmt: str, config_json: str, extra: Optional[Mapping[str, str]], who: str) -> dict[str, str]:
     """{"format", "format_version", "config"} plus `extra`, which may not set those keys."""
     metadata = {"format": fmt, "format_version": FORMAT_VERSION, "config": config_json}
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ConfigError(f"{who}: expected extra_metadata as a mapping of str to str, got {type(extra).__name__}")
     for k, v in (extra or {}).items():
         if k in _RESERVED:
-            raise ValueError(f"{who}: extra_metadata may not set the reserved key {k!r}")
+            raise ConfigError(f"{who}: extra_metadata may not set the reserved key {k!r}")
         metadata[k] = v
     return metadata
 
@@ -54,7 +63,9 @@ def write_weights_file(
 
     Raises WeightsExistError when `path` exists and overwrite is False.
     """
-    path = Path(path)
+    path = _as_path(path)
+    if path.is_dir():
+        raise WeightsFileError(path, "is a directory; expected the path of a file to write")
     if path.exists() and not overwrite:
         raise WeightsExistError(path, "file exists; pass overwrite=True to replace it")
     for k, v in metadata.items():
@@ -65,15 +76,21 @@ def write_weights_file(
     return path
 
 
+def _as_path(path: PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise WeightsFileError(repr(path), f"expected a file path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
 def read_header(path: PathLike) -> tuple[dict[str, Any], dict[str, str]]:
     """Parse and check a safetensors header without loading tensors.
 
     Returns (tensor entries {name: {"dtype", "shape", "data_offsets"}}, metadata). Raises
     WeightsFileError for a missing file, a file that is not safetensors, or a truncated file.
     """
-    path = Path(path)
+    path = _as_path(path)
     if not path.is_file():
-        raise WeightsFileError(path, "file not found")
+        raise WeightsFileError(path, "is a directory, not a file" if path.is_dir() else "file not found")
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
@@ -183,7 +200,7 @@ def save_inn(
 ) -> Path:
     """Save `inn` as safetensors with its config; refuses to replace a file unless overwrite=True."""
     if not isinstance(inn, WaveletINN):
-        raise TypeError(f"save_inn: expected a WaveletINN, got {type(inn).__name__}")
+        raise ConfigTypeError(f"save_inn: expected a WaveletINN, got {type(inn).__name__}")
     metadata = format_metadata(INN_FORMAT, inn.config.to_json(), extra_metadata, "save_inn")
     return write_weights_file(path, inn.state_dict(), metadata, overwrite=overwrite)
 
@@ -213,6 +230,7 @@ def load_inn(
 ) -> WaveletINN:
     """Load a WaveletINN saved by :func:`save_inn`, in eval mode, on `map_location`, in `dtype`
     (None keeps the stored dtype). Bad files raise WeightsFileError naming the file and problem."""
+    check_float_dtype(dtype, "load_inn")
     tensors, metadata = read_weights_file(path, INN_FORMAT)
     cfg = _config_from(path, metadata)
     inn = WaveletINN(cfg)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import SD_SCALE_FACTOR, AutoencoderBase, config_from_dict
+from .base import (SD_SCALE_FACTOR, AutoencoderBase, check_dropout, check_int, check_scale_factor, config_from_dict,
+                   int_tuple)
 
 
 
@@ -51,18 +52,19 @@ class AutoencoderConfig:
     scale_factor: float = SD_SCALE_FACTOR
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
-        object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
-        if self.ch <= 0 or self.ch % 32:
-            raise ConfigError(f"AutoencoderConfig.ch: expected a positive multiple of 32 (GroupNorm(32)), got {self.ch}")
+        name = "AutoencoderConfig"
+        object.__setattr__(self, "ch_mult", int_tuple(name, "ch_mult", self.ch_mult, 1))
+        object.__setattr__(self, "attn_resolutions", int_tuple(name, "attn_resolutions", self.attn_resolutions, 1))
+        for f in ("num_res_blocks", "resolution", "in_channels", "out_ch", "z_channels", "embed_dim"):
+            check_int(name, f, getattr(self, f), 1)
+        if not isinstance(self.double_z, bool):
+            raise ConfigError(f"AutoencoderConfig.double_z: expected a bool, got {self.double_z!r}")
+        check_dropout(name, self.dropout)
+        check_scale_factor(name, self.scale_factor)
+        if isinstance(self.ch, bool) or not isinstance(self.ch, int) or self.ch <= 0 or self.ch % 32:
+            raise ConfigError(f"AutoencoderConfig.ch: expected a positive multiple of 32 (GroupNorm(32)), got {self.ch!r}")
         if len(self.ch_mult) < 1 or any(m <= 0 for m in self.ch_mult):
             raise ConfigError(f"AutoencoderConfig.ch_mult: expected positive multipliers, got {self.ch_mult}")
-        if self.num_res_blocks < 1:
-            raise ConfigError(f"AutoencoderConfig.num_res_blocks: expected >= 1, got {self.num_res_blocks}")
-        if self.z_channels < 1 or self.embed_dim < 1:
-            raise ConfigError(f"AutoencoderConfig: expected z_channels, embed_dim >= 1, got {self.z_channels}, {self.embed_dim}")
-        if not self.scale_factor > 0:
-            raise ConfigError(f"AutoencoderConfig.scale_factor: expected > 0, got {self.scale_factor}")
 
     @property
     def downscale(self) -> int:
@@ -265,7 +267,10 @@ class AutoencoderKL(AutoencoderBase):
 
     def __init__(self, cfg: Optional[AutoencoderConfig] = None):
         super().__init__()
-        self.cfg = cfg or AutoencoderConfig()
+        self.cfg = AutoencoderConfig() if cfg is None else cfg
+        if not isinstance(self.cfg, AutoencoderConfig):
+            raise ConfigError(f"AutoencoderKL: expected an AutoencoderConfig (e.g. prior.AUTOENCODER_PRESETS['small']), "
+                              f"got {type(self.cfg).__name__}")
         self.encoder = Encoder(self.cfg)
         self.decoder = Decoder(self.cfg)
         zc = (2 if self.cfg.double_z else 1) * self.cfg.z_channels
@@ -279,6 +284,7 @@ class AutoencoderKL(AutoencoderBase):
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B,3,H,W) in [-1,1] -> (mean, logvar) of the diagonal Gaussian posterior."""
+        self._check_image(x, "moments")
         m = self.quant_conv(self.encoder(x))
         if not self.cfg.double_z:
             return m, torch.full_like(m, -30.0)
@@ -287,6 +293,7 @@ class AutoencoderKL(AutoencoderBase):
 
     def decode_raw(self, z: Tensor) -> Tensor:
         """(B,4,h,w) VAE latent -> (B,3,8h,8w) in about [-1,1]."""
+        self._check_latent(z, "decode_raw")
         return self.decoder(self.post_quant_conv(z))
 
     # -- latent normalisation -------------------------------------------------------------------

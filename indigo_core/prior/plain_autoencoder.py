@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .base import SD_SCALE_FACTOR, AutoencoderBase, config_from_dict
+from .base import SD_SCALE_FACTOR, AutoencoderBase, check_int, check_scale_factor, config_from_dict, int_tuple
 
 FAMILY = "plain"
 
@@ -43,8 +43,12 @@ class PlainAutoencoderConfig:
     family: str = FAMILY
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        name = "PlainAutoencoderConfig"
+        object.__setattr__(self, "widths", int_tuple(name, "widths", self.widths, 1))
+        object.__setattr__(self, "blocks", int_tuple(name, "blocks", self.blocks, 0))
+        check_int(name, "latent_channels", self.latent_channels, 1)
+        check_int(name, "in_channels", self.in_channels, 1)
+        check_scale_factor(name, self.scale_factor)
         if self.family != FAMILY:
             raise ConfigError(f"PlainAutoencoderConfig.family: expected {FAMILY!r}, got {self.family!r}")
         if len(self.widths) < 1 or any(w <= 0 for w in self.widths):
@@ -52,11 +56,6 @@ class PlainAutoencoderConfig:
         if len(self.blocks) != len(self.widths) or any(b < 0 for b in self.blocks):
             raise ConfigError(f"PlainAutoencoderConfig.blocks: expected {len(self.widths)} counts >= 0 "
                               f"(one per width), got {self.blocks}")
-        if self.latent_channels < 1 or self.in_channels < 1:
-            raise ConfigError(f"PlainAutoencoderConfig: expected latent_channels, in_channels >= 1, "
-                              f"got {self.latent_channels}, {self.in_channels}")
-        if not self.scale_factor > 0:
-            raise ConfigError(f"PlainAutoencoderConfig.scale_factor: expected > 0, got {self.scale_factor}")
 
     @property
     def downscale(self) -> int:
@@ -138,7 +137,10 @@ class PlainAutoencoder(AutoencoderBase):
 
     def __init__(self, cfg: Optional[PlainAutoencoderConfig] = None):
         super().__init__()
-        self.cfg = cfg or PlainAutoencoderConfig()
+        self.cfg = PlainAutoencoderConfig() if cfg is None else cfg
+        if not isinstance(self.cfg, PlainAutoencoderConfig):
+            raise ConfigError(f"PlainAutoencoder: expected a PlainAutoencoderConfig (e.g. "
+                              f"prior.PLAIN_AUTOENCODER_PRESETS['lean']), got {type(self.cfg).__name__}")
         self.encoder = PlainEncoder(self.cfg)
         self.decoder = PlainDecoder(self.cfg)
 
@@ -162,11 +164,13 @@ class PlainAutoencoder(AutoencoderBase):
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B,3,H,W) in [-1,1] -> (latent, log-variance -30): the latent is deterministic."""
+        self._check_image(x, "moments")
         z = self.encoder(x)
         return z, torch.full_like(z, -30.0)
 
     def decode_raw(self, z: Tensor) -> Tensor:
         """(B,4,h,w) VAE latent -> (B,3,8h,8w) in about [-1,1]."""
+        self._check_latent(z, "decode_raw")
         return self.decoder(z)
 
     @torch.no_grad()

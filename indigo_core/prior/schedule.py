@@ -10,10 +10,14 @@ sigma, as ComfyUI's ModelSamplingDiscrete does.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from ..errors import ConfigError, ShapeError
 
 LINEAR_START = 0.00085
 LINEAR_END = 0.012
@@ -29,7 +33,15 @@ class DiscreteSchedule:
     """alpha_bar and sigma tables of a discrete DDPM schedule (float64 on the CPU; moved on use)."""
 
     def __init__(self, betas: Tensor | None = None):
-        self.betas = sd_betas() if betas is None else betas.double()
+        if betas is not None:
+            if not isinstance(betas, Tensor) or betas.ndim != 1 or betas.numel() < 1 or not betas.is_floating_point():
+                got = (f"{tuple(betas.shape)} {betas.dtype}" if isinstance(betas, Tensor) else type(betas).__name__)
+                raise ConfigError(f"DiscreteSchedule: expected betas as a 1-D floating-point tensor (T,) with T >= 1, "
+                                  f"got {got}")
+            if not bool(((betas > 0) & (betas < 1)).all()):
+                raise ConfigError(f"DiscreteSchedule: expected every beta in (0, 1), got values in "
+                                  f"[{float(betas.min())}, {float(betas.max())}]")
+        self.betas = sd_betas() if betas is None else betas.detach().double().cpu()
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         self.sigmas = ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
         self.num_timesteps = int(self.betas.shape[0])
@@ -48,16 +60,43 @@ class DiscreteSchedule:
 
     def add_noise(self, z0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(alpha_bar_t) z0 + sqrt(1 - alpha_bar_t) noise; t (B,) integer."""
+        self._check_add_noise(z0, t, noise)
         ab = self._alphas_cumprod_on(z0.device)[t].to(z0.dtype).view(-1, 1, 1, 1)
         return ab.sqrt() * z0 + (1.0 - ab).sqrt() * noise
 
+    def _check_add_noise(self, z0: Tensor, t: Tensor, noise: Tensor) -> None:
+        # shapes and dtypes only; the range of t is checked where that needs no device sync (CPU)
+        if not isinstance(z0, Tensor) or z0.ndim != 4 or not z0.is_floating_point():
+            got = f"{tuple(z0.shape)} {z0.dtype}" if isinstance(z0, Tensor) else type(z0).__name__
+            raise ShapeError(f"add_noise: expected z0 as a floating-point latent (B,C,h,w), got {got}")
+        if not isinstance(noise, Tensor) or noise.shape != z0.shape:
+            got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+            raise ShapeError(f"add_noise: expected noise of z0's shape {tuple(z0.shape)}, got {got}")
+        b, n = z0.shape[0], self.num_timesteps
+        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+            t = torch.tensor(t)
+        if not isinstance(t, Tensor) or t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, b)):
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ShapeError(f"add_noise: expected t as integer timesteps of shape ({b},), (1,) or (), got {got}")
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ShapeError(f"add_noise: expected integer timesteps in [0, {n - 1}] (e.g. torch.randint(0, {n}, "
+                             f"({b},))), got dtype {t.dtype}")
+        if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
+            raise ShapeError(f"add_noise: expected timesteps in [0, {n - 1}], got values in [{int(t.min())}, {int(t.max())}]")
+
     def timestep(self, sigma: Tensor) -> Tensor:
         """Nearest integer timestep of each sigma (in log space), as float."""
+        if not isinstance(sigma, Tensor):
+            raise ShapeError(f"timestep: expected sigma as a tensor, got {type(sigma).__name__}")
         log_s = self.sigmas.log().to(sigma.device, torch.float32)
         return (sigma.float().log()[None] - log_s[:, None]).abs().argmin(dim=0).float()
 
     def karras_sigmas(self, steps: int, rho: float = 7.0) -> Tensor:
         """(steps+1,) decreasing sigmas from sigma_max to sigma_min, then 0 (Karras et al.)."""
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ConfigError(f"karras_sigmas: expected steps an integer >= 1, got {steps!r}")
+        if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not math.isfinite(rho) or not rho > 0:
+            raise ConfigError(f"karras_sigmas: expected rho a finite number > 0, got {rho!r}")
         lo, hi = float(self.sigmas[0]) ** (1 / rho), float(self.sigmas[-1]) ** (1 / rho)
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         s = (hi + ramp * (lo - hi)) ** rho
@@ -72,12 +111,23 @@ def euler_sample(eps_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, sche
     eps_fn(x_scaled, t) returns predicted noise for x_scaled = x / sqrt(1 + sigma^2), t (B,).
     Returns the model-space latent (multiply by 1/scale_factor for the VAE's space).
     """
+    if not isinstance(schedule, DiscreteSchedule):
+        raise ConfigError(f"euler_sample: expected schedule to be a DiscreteSchedule, got {type(schedule).__name__}")
+    if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim != 4:
+        got = f"{tuple(noise.shape)} {noise.dtype}" if isinstance(noise, Tensor) else type(noise).__name__
+        raise ShapeError(f"euler_sample: expected noise as a floating-point latent (B,C,h,w), got {got}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ConfigError(f"euler_sample: expected steps an integer >= 1, got {steps!r}")
     sigmas = schedule.karras_sigmas(steps).to(noise.device)
     x = noise * sigmas[0]
     for i in range(steps):
         s = sigmas[i]
         t = schedule.timestep(s.view(1)).expand(x.shape[0]).to(noise.device)
         eps = eps_fn(x / (s ** 2 + 1.0).sqrt(), t)
+        if not isinstance(eps, Tensor) or eps.shape != x.shape:
+            got = tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__
+            raise ShapeError(f"euler_sample: expected eps_fn to return noise of the latent's shape {tuple(x.shape)}, "
+                             f"got {got}")
         denoised = x - s * eps
         x = denoised + (x - denoised) / s * sigmas[i + 1] if sigmas[i + 1] > 0 else denoised
     return x

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
-from .base import config_from_dict
+from ..inn.inputs import autocast_on, check_float_input
+from .base import check_dropout, check_int, config_from_dict, int_tuple
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,22 @@ class UNetConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
-        object.__setattr__(self, "attention_depth", tuple(int(d) for d in self.attention_depth))
-        if self.model_channels <= 0 or self.model_channels % 32:
-            raise ConfigError(f"UNetConfig.model_channels: expected a positive multiple of 32 (GroupNorm(32)), got {self.model_channels}")
+        name = "UNetConfig"
+        object.__setattr__(self, "channel_mult", int_tuple(name, "channel_mult", self.channel_mult, 1))
+        object.__setattr__(self, "attention_depth", int_tuple(name, "attention_depth", self.attention_depth, 0))
+        if not self.channel_mult:
+            raise ConfigError("UNetConfig.channel_mult: expected at least one level, got ()")
+        if isinstance(self.model_channels, bool) or not isinstance(self.model_channels, int) \
+                or self.model_channels <= 0 or self.model_channels % 32:
+            raise ConfigError(f"UNetConfig.model_channels: expected a positive multiple of 32 (GroupNorm(32)), "
+                              f"got {self.model_channels!r}")
+        for f in ("in_channels", "out_channels", "num_res_blocks", "num_heads", "context_dim",
+                  "context_tokens"):
+            check_int(name, f, getattr(self, f), 1)
+        if not (isinstance(self.middle_depth, int) and not isinstance(self.middle_depth, bool)):
+            raise ConfigError(f"UNetConfig.middle_depth: expected -1 (no attention) or an integer >= 1, "
+                              f"got {self.middle_depth!r}")
+        check_dropout(name, self.dropout)
         if len(self.attention_depth) != len(self.channel_mult):
             raise ConfigError(f"UNetConfig.attention_depth: expected one depth per level ({len(self.channel_mult)}), got {self.attention_depth}")
         if self.middle_depth < 1 and self.middle_depth != -1:
@@ -240,7 +253,9 @@ class EpsUNet(nn.Module):
 
     def __init__(self, cfg: Optional[UNetConfig] = None):
         super().__init__()
-        self.cfg = cfg = cfg or UNetConfig()
+        self.cfg = cfg = UNetConfig() if cfg is None else cfg
+        if not isinstance(cfg, UNetConfig):
+            raise ConfigError(f"EpsUNet: expected a UNetConfig, got {type(cfg).__name__}")
         mc = cfg.model_channels
         emb = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
@@ -281,10 +296,28 @@ class EpsUNet(nn.Module):
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
         cfg = self.cfg
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ShapeError(f"UNet input: expected (B,{cfg.in_channels},h,w), got {tuple(x.shape)}")
-        if context.ndim != 3 or context.shape[-1] != cfg.context_dim:
-            raise ShapeError(f"UNet context: expected (B,T,{cfg.context_dim}), got {tuple(context.shape)}")
+        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ShapeError(f"UNet input: expected (B,{cfg.in_channels},h,w), got {got}")
+        b = x.shape[0]
+        if x.shape[-2] < 1 or x.shape[-1] < 1:
+            raise ShapeError(f"UNet input: expected h and w >= 1, got {tuple(x.shape)}")
+        check_float_input(x, self, "UNet", "x")
+        if not isinstance(context, Tensor) or context.ndim != 3 or context.shape[-1] != cfg.context_dim:
+            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ShapeError(f"UNet context: expected (B,T,{cfg.context_dim}), got {got}")
+        if context.shape[0] != b or context.shape[1] < 1:
+            raise ShapeError(f"UNet context: expected ({b},T,{cfg.context_dim}) with T >= 1 (x's batch {b}; "
+                             f"expand a (1,T,C) context with .expand({b}, -1, -1)), got {tuple(context.shape)}")
+        if context.dtype != x.dtype and not autocast_on(x.device.type):
+            raise ShapeError(f"UNet context: expected x's dtype {x.dtype}, got {context.dtype}")
+        if not isinstance(timesteps, Tensor) or timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.shape[0] not in (1, b)):
+            got = tuple(timesteps.shape) if isinstance(timesteps, Tensor) else type(timesteps).__name__
+            raise ShapeError(f"UNet timesteps: expected a tensor of shape ({b},), (1,) or () (x's batch {b}), got {got}")
+        if timesteps.dtype == torch.bool or timesteps.is_complex():
+            raise ShapeError(f"UNet timesteps: expected integer or float timesteps in [0, 999], got dtype {timesteps.dtype}")
+        if b == 0:  # an empty batch: an empty output (the attention reshapes cannot take B=0)
+            return x.new_zeros((0, cfg.out_channels, *x.shape[-2:]))
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, cfg.model_channels).to(x.dtype))

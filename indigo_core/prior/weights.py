@@ -19,8 +19,8 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, WeightsFileError
-from ..io.weights import check_state_dict, read_header, read_weights_file, write_weights_file
+from ..errors import ConfigError, ShapeError, WeightsFileError
+from ..io.weights import check_float_dtype, check_state_dict, read_header, read_weights_file, write_weights_file
 from .autoencoder import AutoencoderConfig, AutoencoderKL
 from .plain_autoencoder import FAMILY as PLAIN_FAMILY
 from .plain_autoencoder import PlainAutoencoder, PlainAutoencoderConfig
@@ -45,6 +45,15 @@ def _metadata(fmt: str, config_json: str, extra: Optional[Mapping[str, str]]) ->
     return meta
 
 
+def _other_pack_format(path: PathLike, metadata: Mapping[str, str], who: str) -> None:
+    """Refuse a file of another of the pack's formats (an INN, estimator, restorer or UNet file): its
+    tensors would only be reported as "not an SD VAE" otherwise."""
+    fmt = metadata.get("format")
+    if isinstance(fmt, str) and fmt.startswith("indigo-") and fmt != AE_FORMAT:
+        raise WeightsFileError(path, f"{who}: expected an autoencoder file (format {AE_FORMAT!r}) or an SD VAE file, "
+                                     f"got a file of format {fmt!r}")
+
+
 def _cast(sd: Mapping[str, Tensor], dtype: Optional[torch.dtype]) -> dict:
     return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in sd.items()}
 
@@ -67,6 +76,9 @@ def save_autoencoder(ae: Union[AutoencoderKL, PlainAutoencoder], path: PathLike,
                      dtype: Optional[torch.dtype] = torch.float16, overwrite: bool = False,
                      latent_format: Optional[dict] = None) -> Path:
     """Write `ae` (ldm names, `dtype` floats; None keeps them) with its config and latent format."""
+    if not isinstance(ae, (AutoencoderKL, PlainAutoencoder)):
+        raise ConfigError(f"save_autoencoder: expected an AutoencoderKL or a PlainAutoencoder, got {type(ae).__name__}")
+    check_float_dtype(dtype, "save_autoencoder")
     lf = {"scale_factor": ae.cfg.scale_factor, "shift_factor": 0.0}
     lf.update(latent_format or {})
     meta = _metadata(AE_FORMAT, json.dumps(ae.cfg.to_dict()), {"latent_format": json.dumps(lf), **(extra_metadata or {})})
@@ -107,8 +119,11 @@ def load_autoencoder(path: PathLike, map_location: Union[str, torch.device, None
     `AutoencoderConfig()`, scale factor 0.18215). Missing, surplus or mis-shaped tensors raise
     WeightsFileError naming the file.
     """
+    check_float_dtype(dtype, "load_autoencoder")
     path = Path(path)
-    if path.suffix == ".safetensors" and read_header(path)[1].get("format") == AE_FORMAT:
+    header_meta = read_header(path)[1] if path.suffix == ".safetensors" else {}
+    _other_pack_format(path, header_meta, "load_autoencoder")
+    if header_meta.get("format") == AE_FORMAT:
         tensors, metadata = read_weights_file(path, AE_FORMAT)
         config = _json(path, metadata, "config")
         try:
@@ -133,6 +148,7 @@ def read_latent_format(path: PathLike) -> dict:
     """The latent format ({"scale_factor", "shift_factor", optional latent_rgb_factors...}) of a
     pack autoencoder file; SD's 0.18215 for other VAE files."""
     _, metadata = read_header(path)
+    _other_pack_format(path, metadata, "read_latent_format")
     if metadata.get("format") != AE_FORMAT:
         return {"scale_factor": 0.18215, "shift_factor": 0.0}
     return _json(path, metadata, "latent_format")
@@ -142,7 +158,14 @@ def read_latent_format(path: PathLike) -> dict:
 def save_unet(unet: EpsUNet, null_context: Tensor, path: PathLike, extra_metadata: Optional[Mapping] = None,
               dtype: Optional[torch.dtype] = torch.float16, overwrite: bool = False) -> Path:
     """Write the UNet (ComfyUI names) and its learned null context (1, T, context_dim)."""
+    if not isinstance(unet, EpsUNet):
+        raise ConfigError(f"save_unet: expected an EpsUNet, got {type(unet).__name__}")
+    check_float_dtype(dtype, "save_unet")
     cfg = unet.cfg
+    if not isinstance(null_context, Tensor) or not null_context.is_floating_point():
+        got = null_context.dtype if isinstance(null_context, Tensor) else type(null_context).__name__
+        raise ShapeError(f"save_unet: expected null_context as a floating-point tensor "
+                         f"(1,{cfg.context_tokens},{cfg.context_dim}), got {got}")
     if tuple(null_context.shape) != (1, cfg.context_tokens, cfg.context_dim):
         raise ConfigError(f"save_unet: null_context must be (1,{cfg.context_tokens},{cfg.context_dim}), got {tuple(null_context.shape)}")
     tensors = _cast(unet.state_dict(), dtype)
@@ -173,6 +196,7 @@ def read_unet_file(path: PathLike) -> tuple[UNetConfig, dict[str, Tensor], Tenso
 def load_unet(path: PathLike, map_location: Union[str, torch.device, None] = "cpu",
               dtype: Optional[torch.dtype] = torch.float32) -> tuple[EpsUNet, Tensor, dict]:
     """Load a UNet file: (EpsUNet in eval mode with gradients off, null context (1,T,Cc), metadata)."""
+    check_float_dtype(dtype, "load_unet")
     cfg, tensors, context, metadata = read_unet_file(path)
     unet = EpsUNet(cfg)
     unet.load_state_dict(tensors, strict=True)

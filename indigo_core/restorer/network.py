@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ShapeError
+from ..inn.inputs import check_float_input, check_spatial
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class _ResBlock(nn.Module):
 class StageOneRestorer(nn.Module):
     def __init__(self, config: RestorerConfig) -> None:
         super().__init__()
+        if not isinstance(config, RestorerConfig):
+            raise ConfigError(f"StageOneRestorer: expected a RestorerConfig, got {type(config).__name__}")
         self.config = config
         w, s = config.width, config.scale
         self.head = nn.Conv2d(3, w, 3, padding=1)
@@ -73,8 +76,11 @@ class StageOneRestorer(nn.Module):
 
     def forward(self, y: Tensor) -> Tensor:
         """y (B,3,h,w) in [0,1] -> (B,3,s*h,s*w), not clamped (training); see `restore`."""
-        if y.dim() != 4 or y.shape[1] != 3:
-            raise ShapeError(f"restorer input: expected (B,3,h,w) RGB in [0,1], got {tuple(y.shape)}")
+        if not isinstance(y, Tensor) or y.dim() != 4 or y.shape[1] != 3:
+            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ShapeError(f"restorer input: expected (B,3,h,w) RGB in [0,1], got {got}")
+        check_spatial(y, "restorer", "y")
+        check_float_input(y, self, "restorer", "y")
         s = self.config.scale
         up = F.interpolate(y, scale_factor=s, mode="bicubic", align_corners=False)
         f = self.head(y)
@@ -86,4 +92,4 @@ class StageOneRestorer(nn.Module):
 
 
 def build_restorer(config: RestorerConfig | None = None) -> StageOneRestorer:
-    return StageOneRestorer(config or RestorerConfig())
+    return StageOneRestorer(RestorerConfig() if config is None else config)

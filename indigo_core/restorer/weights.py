@@ -9,7 +9,7 @@ from typing import Mapping, Optional, Union
 import torch
 
 from ..errors import ConfigError, WeightsFileError
-from ..io.weights import format_metadata, load_state_strict, read_weights_file, write_weights_file
+from ..io.weights import check_float_dtype, format_metadata, load_state_strict, read_weights_file, write_weights_file
 from .network import RestorerConfig, StageOneRestorer, build_restorer
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -19,6 +19,9 @@ RESTORER_FORMAT = "indigo-restorer"
 def save_restorer(net: StageOneRestorer, path: PathLike, overwrite: bool = False,
                   extra_metadata: Optional[Mapping[str, str]] = None, dtype: Optional[torch.dtype] = None):
     """Write `net` (optionally cast to `dtype`, e.g. float16 for shipping); returns the path."""
+    if not isinstance(net, StageOneRestorer):
+        raise ConfigError(f"save_restorer: expected a StageOneRestorer, got {type(net).__name__}")
+    check_float_dtype(dtype, "save_restorer")
     metadata = format_metadata(RESTORER_FORMAT, json.dumps(net.config.to_dict(), sort_keys=True), extra_metadata,
                                "save_restorer")
     state = {k: (v.to(dtype) if dtype is not None else v) for k, v in net.state_dict().items()}
