@@ -13,7 +13,11 @@
 //    nodes, Synthetic Degradation, VAE Encode...). When an INN and a measurement cannot match
 //    (a PixelINN needs exactly output size / scale; a LatentINN the output's aspect ratio), the
 //    node gets a red badge and outline and a warning toast says what is expected. Nothing is
-//    blocked: sizes that cannot be worked out are never guessed.
+//    blocked: sizes that cannot be worked out are never guessed, and the check before queueing
+//    waits at most CHECK_WAIT_MS for sizes still loading (a stalled request never holds up Run).
+// 4. File names as text. The pack's combos list the files of models/indigo/; this frontend's
+//    LiteGraph menus put each entry in with innerHTML, so a file named "<img src=x onerror=...>"
+//    would run as script when the list is opened. Combo menus show their entries as text.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -30,6 +34,8 @@ const BADGE_COLORS = { pixel: "#2d5c8a", latent: "#6a3d8a", warn: "#b3261e" };
 const PLOT_HEIGHT = 120;
 const CHECK_INTERVAL_MS = 1000;
 const INFO_TTL_MS = 15000;
+const CHECK_WAIT_MS = 2500; // most a size check waits for image sizes / INN facts still loading
+const MAX_PLOT_STEPS = 100000; // progress steps beyond this are not plotted (ComfyUI's samplers stop at 10000)
 
 // ------------------------------------------------------------------------------------ helpers
 
@@ -37,6 +43,11 @@ const INFO_TTL_MS = 15000;
 export function innBadgeText(info) {
   if (!info || !info.domain) return "";
   return `${info.domain} \u00d7${info.scale}`;
+}
+
+/** `table[key]` for the table's own keys only ("constructor", "__proto__" are not entries). */
+function own(table, key) {
+  return typeof key === "string" && Object.hasOwn(table, key) ? table[key] : undefined;
 }
 
 function widgetValue(node, name) {
@@ -212,10 +223,11 @@ function onProgress(event) {
   if (!node || !node.indigoPlot) return;
   if (node.indigoPlot.promptId !== currentPrompt || node.indigoPlot.done) node.indigoPlot = newPlot(currentPrompt);
   const plot = node.indigoPlot;
-  plot.events += 1;
-  plot.steps = d.steps ?? plot.steps;
   const step = Number(d.step);
-  if (!Number.isInteger(step) || step < 0) return;
+  if (!Number.isInteger(step) || step < 0 || step >= MAX_PLOT_STEPS) return; // not a step: nothing kept
+  plot.events += 1;
+  const steps = Number(d.steps);
+  if (Number.isInteger(steps) && steps > 0 && steps <= MAX_PLOT_STEPS) plot.steps = steps;
   if (Array.isArray(d.residual) && d.residual.length) plot.residual[step] = mean(d.residual.map(Number));
   if (d.refine_loss != null) plot.refine[step] = Number(d.refine_loss);
   if (d.regularised) plot.regularised.add(step);
@@ -227,9 +239,11 @@ function onRunRecord(node, run) {
   const plot = newPlot(currentPrompt);
   plot.events = node.indigoPlot?.events ?? 0;
   plot.steps = node.indigoPlot?.steps || 0;
-  for (const [i, r] of run.residual ?? []) plot.residual[i] = Array.isArray(r) ? mean(r.map(Number)) : Number(r);
-  for (const [i, v] of run.refine_loss ?? []) plot.refine[i] = Number(v);
-  for (const s of run.regularised_steps ?? []) plot.regularised.add(s);
+  const entries = (list) => (Array.isArray(list) ? list : []).filter(
+    (e) => Array.isArray(e) && Number.isInteger(e[0]) && e[0] >= 0 && e[0] < MAX_PLOT_STEPS);
+  for (const [i, r] of entries(run.residual)) plot.residual[i] = Array.isArray(r) ? mean(r.map(Number)) : Number(r);
+  for (const [i, v] of entries(run.refine_loss)) plot.refine[i] = Number(v);
+  for (const s of Array.isArray(run.regularised_steps) ? run.regularised_steps : []) plot.regularised.add(s);
   plot.steps = Math.max(plot.steps, plot.residual.length, plot.refine.length);
   plot.done = run.completed !== false;
   plot.final = run;
@@ -274,7 +288,7 @@ function setInnBadge(node, info) {
   node.indigoInn = info ?? null;
   addBadge(node, "inn", () => {
     const text = innBadgeText(node.indigoInn);
-    return new window.LGraphBadge({ text, bgColor: text ? BADGE_COLORS[node.indigoInn?.domain] ?? "#333" : "transparent" });
+    return new window.LGraphBadge({ text, bgColor: text ? own(BADGE_COLORS, node.indigoInn?.domain) ?? "#333" : "transparent" });
   });
   node.setDirtyCanvas?.(true, true);
 }
@@ -451,7 +465,7 @@ function latentSize(src, ctx, depth = 0) {
       return s && k ? { w: Math.round((s.w / f) * k) * f, h: Math.round((s.h / f) * k) * f } : null;
     }
     default:
-      if (PASS_LATENT[node.type]) return latentSize(source(node, PASS_LATENT[node.type]), ctx, depth + 1);
+      if (own(PASS_LATENT, node.type)) return latentSize(source(node, own(PASS_LATENT, node.type)), ctx, depth + 1);
       return null;
   }
 }
@@ -499,7 +513,7 @@ export function checkGuidanceNode(node, ctx) {
   const inn = innFacts(source(node, "inn"), ctx);
   if (!inn) return null;
   const mode = widgetValue(node, "mode") ?? "auto";
-  const domain = mode === "auto" ? inn.domain : MODE_DOMAIN[mode];
+  const domain = mode === "auto" ? inn.domain : own(MODE_DOMAIN, mode);
   if (!domain) return null; // modes that do not use the INN
   if (domain !== inn.domain) {
     return `mode '${mode}' needs a ${domain} INN, but the INN is a ${inn.domain} INN (${innBadgeText(inn)}).`;
@@ -566,12 +580,23 @@ function announce(found, always) {
   }
 }
 
-/** Full check: waits for image sizes and INN facts still loading, then checks again. */
+/** Wait for `pending` (promises that never reject) until `deadline` (Date.now() value) at most. */
+function settle(pending, deadline) {
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+  });
+  return Promise.race([Promise.allSettled(pending), late]).finally(() => clearTimeout(timer));
+}
+
+/** Full check: waits (CHECK_WAIT_MS at most) for image sizes and INN facts still loading, then
+ * checks again; what is still unknown then is left unchecked. */
 export async function checkSizes({ announceAll = false } = {}) {
+  const deadline = Date.now() + CHECK_WAIT_MS;
   let ctx = { pending: [] };
   let found = checkGraph(ctx);
-  for (let round = 0; round < 3 && ctx.pending.length; round++) {
-    await Promise.all(ctx.pending);
+  for (let round = 0; round < 3 && ctx.pending.length && Date.now() < deadline; round++) {
+    await settle(ctx.pending, deadline);
     ctx = { pending: [] };
     found = checkGraph(ctx);
   }
@@ -589,9 +614,10 @@ export async function sizesOf(id) {
     measurement: imageSize(source(node, "measurement"), ctx),
     outputs: guidedLatentSizes(node, ctx),
   });
+  const deadline = Date.now() + CHECK_WAIT_MS;
   let seen = read();
-  for (let round = 0; round < 3 && ctx.pending.length; round++) {
-    await Promise.all(ctx.pending);
+  for (let round = 0; round < 3 && ctx.pending.length && Date.now() < deadline; round++) {
+    await settle(ctx.pending, deadline);
     ctx = { pending: [] };
     seen = read();
   }
@@ -637,12 +663,58 @@ function drawWarningOutline(node, ctx) {
   ctx.restore();
 }
 
+// -------------------------------------------------------------------- 4. combo menus as text
+
+let comboMenuDepth = 0; // > 0 while a combo widget builds its menu
+
+/** Menu entries added while a combo widget opens its list are shown as text, not parsed as HTML
+ * (LiteGraph's ContextMenu.addItem sets innerHTML). Entries without "<" or "&" are left to the
+ * original code: for them text and HTML are the same. */
+function patchContextMenu() {
+  const proto = window.LiteGraph?.ContextMenu?.prototype;
+  if (!proto || typeof proto.addItem !== "function" || proto.addItem.indigoAsText) return;
+  const addItem = proto.addItem;
+  const asText = function (name, value, options) {
+    if (comboMenuDepth > 0 && typeof name === "string" && /[<&]/.test(name) &&
+        (typeof value === "string" || typeof value === "number")) {
+      const element = addItem.call(this, "", value, options);
+      if (element instanceof Element) element.textContent = name;
+      return element;
+    }
+    return addItem.apply(this, arguments);
+  };
+  asText.indigoAsText = true;
+  proto.addItem = asText;
+}
+
+/** Mark the menus of every combo widget (the widget class `widget` is one of). */
+function patchComboWidgets(widget) {
+  const proto = widget ? Object.getPrototypeOf(widget) : null;
+  if (!proto || proto === Object.prototype || !Object.hasOwn(proto, "onClick")) return false;
+  if (typeof proto.onClick !== "function" || proto.onClick.indigoAsText) return true;
+  const onClick = proto.onClick;
+  const marked = function (...args) {
+    comboMenuDepth += 1;
+    try {
+      return onClick.apply(this, args);
+    } finally {
+      comboMenuDepth -= 1;
+    }
+  };
+  marked.indigoAsText = true;
+  proto.onClick = marked;
+  return true;
+}
+
+let comboWidgetsPatched = false;
+
 // ---------------------------------------------------------------------------- registration
 
 app.registerExtension({
   name: EXTENSION,
 
   async setup() {
+    patchContextMenu();
     api.addEventListener(PROGRESS_EVENT, onProgress);
     api.addEventListener("execution_start", (e) => {
       currentPrompt = e.detail?.prompt_id ?? null;
@@ -651,6 +723,16 @@ app.registerExtension({
     startWatcher();
     // For scripts and tests: the same checks the UI runs.
     window.comfyIndigo = { checkSizes, sizesOf, innBadgeText, version: 1 };
+  },
+
+  nodeCreated(node) {
+    if (!comboWidgetsPatched) {
+      try {
+        comboWidgetsPatched = patchComboWidgets(node.widgets?.find((w) => w.type === "combo"));
+      } catch (e) {
+        console.debug("[comfyui-indigo] combo menus not marked:", e);
+      }
+    }
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -705,12 +787,16 @@ app.registerExtension({
     const onExecuted = proto.onExecuted;
     proto.onExecuted = function (message) {
       const r = onExecuted?.apply(this, arguments);
-      const info = message?.indigo_inn?.[0];
-      if (info) setInnBadge(this, info);
-      const text = message?.text?.[0];
-      if (text !== undefined && this.indigoText) this.indigoText.value = text;
-      const run = message?.indigo_run?.[0];
-      if (run && this.indigoPlot) onRunRecord(this, run);
+      try {
+        const info = message?.indigo_inn?.[0];
+        if (info && typeof info === "object") setInnBadge(this, info);
+        const text = message?.text?.[0];
+        if (text !== undefined && this.indigoText) this.indigoText.value = String(text ?? "");
+        const run = message?.indigo_run?.[0];
+        if (run && typeof run === "object" && this.indigoPlot) onRunRecord(this, run);
+      } catch (e) {
+        console.warn("[comfyui-indigo] could not show the node's output:", e);
+      }
       return r;
     };
   },

@@ -154,8 +154,10 @@ def add_json_route(path: str, handler) -> bool:
     """Serve ``GET <path>`` (and ``GET /api<path>``) from ComfyUI's web server with ``handler``.
 
     ``handler(query: dict[str, str]) -> (http_status, json_payload)`` is plain Python: the web
-    framework stays in this module. Call it while ComfyUI loads custom nodes (before the server
-    adds its routes). Returns False when ComfyUI runs without its web server (in-process use).
+    framework stays in this module. It runs in a worker thread, so a slow answer (reading a legacy
+    ``.pth`` INN whole) never holds up the server's other requests. Call this while ComfyUI loads
+    custom nodes (before the server adds its routes). Returns False when ComfyUI runs without its
+    web server (in-process use).
     """
     import server
 
@@ -164,8 +166,11 @@ def add_json_route(path: str, handler) -> bool:
         return False
     from aiohttp import web  # ComfyUI's web framework
 
+    import asyncio
+
     async def endpoint(request):
-        status, payload = handler(dict(request.rel_url.query))
+        query = dict(request.rel_url.query)
+        status, payload = await asyncio.get_running_loop().run_in_executor(None, handler, query)
         return web.json_response(payload, status=status)
 
     instance.routes.get(path)(endpoint)

@@ -722,3 +722,186 @@ def test_size_mismatch_is_flagged_before_queueing(ui) -> None:
     _wait_warning(ui, guide, True)
     assert "needs exactly 20×16" in _warning(ui, guide), _warning(ui, guide)
     assert ui.errors(mark) == []
+
+
+# =========================================================================== hostile names and messages
+#
+# What the page shows from files and messages it does not control: file names in the models folder,
+# node titles, the nodes' text outputs, the server's progress messages. A payload that would run sets
+# window.__indigoXss; it must stay unset and the text must appear as written.
+
+XSS_FLAG = "window.__indigoXss"
+HOSTILE_INN = "<img src=x onerror=window.__indigoXss=1>.safetensors"
+ENTITY_INN = "a&lt;b&amp;c.safetensors"  # shown as written, not as "a<b&c"
+HOSTILE_TITLE = "<img src=x onerror=window.__indigoXss=2> sampler"
+
+#: Click the middle of widget `name` of node `id` as a user does (the canvas reset to 1:1 first).
+CLICK_WIDGET_JS = """([id, name]) => {
+  const node = app.graph.getNodeById(id);
+  const w = node.widgets.find((x) => x.name === name);
+  app.canvas.ds.offset = [0, 0]; app.canvas.ds.scale = 1;
+  app.canvas.setDirty(true, true); app.canvas.draw(true, true);
+  const el = app.canvas.canvas.getBoundingClientRect();
+  const dpr = window.devicePixelRatio || 1;
+  const x = node.pos[0] + node.size[0] / 2, y = node.pos[1] + (w.y ?? w.last_y) + 10;
+  return [el.left + x / dpr, el.top + y / dpr];
+}"""
+
+
+def _refresh_combos(ui) -> None:
+    """Let the page fetch the node definitions again (new files in the combos), as the R key does."""
+    ui.js("async () => { await app.refreshComboInNodes(); app.extensionManager.toast.removeAll(); }")
+
+
+def _menu_entries(ui) -> list:
+    return ui.js("() => [...document.querySelectorAll('.litemenu-entry')].map((e) => ({text: e.textContent,"
+                 " elements: e.querySelectorAll('*').length, value: e.dataset.value}))")
+
+
+def _close_menus(ui) -> None:
+    ui.js("() => document.querySelectorAll('.litecontextmenu').forEach((m) => m.remove())")
+
+
+def test_hostile_file_names_show_as_text(ui, comfy_server) -> None:
+    """An INN file named like HTML in models/indigo/: listed, opened, chosen and run, never parsed.
+
+    LiteGraph's combo menu (frontend 1.32.9) puts entries in with innerHTML; without the pack's
+    guard, opening Load INN's list runs the file name's onerror handler."""
+    mark = len(ui.console)
+    paths = [comfy_server.models_dir / HOSTILE_INN, comfy_server.models_dir / ENTITY_INN]
+    write_random_inn(paths[0], "pixel-small")
+    write_random_inn(paths[1], "latent-small")
+    try:
+        _refresh_combos(ui)
+        ui.js(bh.BUILD_GRAPH_JS, {"nodes": [
+            ["inn", "INDIGO_LoadINN", [120, 160], {}, {"size": [420, 80]}],
+            ["info", "INDIGO_INNInfo", [620, 160], {}, {}],
+            ["est", "INDIGO_DegradationEstimate", [120, 420], {}, {"size": [420, 120]}],
+        ], "links": [["inn", "INDIGO_INN", "info", "inn"]]})
+        inn_id = _node_id(ui, "INDIGO_LoadINN")
+        for node_type, widget in (("INDIGO_LoadINN", "inn_name"), ("INDIGO_DegradationEstimate", "estimator_name")):
+            ui.page.mouse.click(*ui.js(CLICK_WIDGET_JS, [_node_id(ui, node_type), widget]))
+            ui.page.wait_for_selector(".litemenu-entry", timeout=10000)
+            ui.page.wait_for_timeout(500)  # an <img src=x> would have failed to load by now
+            entries = {e["text"]: e for e in _menu_entries(ui)}
+            assert ui.js(f"() => {XSS_FLAG} ?? null") is None, f"{node_type}: opening the list ran a file name"
+            for name in (HOSTILE_INN, ENTITY_INN):
+                assert name in entries, f"{node_type}: {name!r} not listed as text: {sorted(entries)}"
+                assert entries[name]["elements"] == 0 and entries[name]["value"] == name, entries[name]
+            if node_type == "INDIGO_LoadINN":  # choose it: the widget gets the file's real name
+                ui.page.locator(".litemenu-entry", has_text="onerror").first.click()
+                assert ui.js("(id) => app.graph.getNodeById(id).widgets[0].value", inn_id) == HOSTILE_INN
+            _close_menus(ui)
+        # the badge is fetched for that name (encoded in the URL) and shows the file's facts
+        ui.page.wait_for_function("([id, name]) => app.graph.getNodeById(id).indigoInn?.name === name",
+                                  arg=[inn_id, HOSTILE_INN], timeout=15000)
+        assert ui.js("(id) => app.graph.getNodeById(id).indigoInn.domain", inn_id) == "pixel"
+        # run it: the file loads under its name; Load INN's output (which names it) sets the badge
+        ui.js("async () => { await app.queuePrompt(0, 1); }")
+        ui.page.wait_for_function("(id) => (app.graph.getNodeById(id).indigoText?.value ?? '').includes('domain: pixel')",
+                                  arg=_node_id(ui, "INDIGO_INNInfo"), timeout=60000)
+        ui.page.wait_for_function("([id, name]) => { const i = app.graph.getNodeById(id).indigoInn;"
+                                  " return i?.name === name && i.params > 0; }", arg=[inn_id, HOSTILE_INN], timeout=30000)
+
+        # a size warning's toast quotes the node's title (typed by a user): text, not HTML
+        _load(ui, PIXEL_WORKFLOW)
+        _set_widgets(ui, "EmptyLatentImage", {"width": RUN_SIZE, "height": RUN_SIZE})
+        _set_widgets(ui, "INDIGO_LoadINN", {"inn_name": HOSTILE_INN})
+        _set_widgets(ui, "LoadImage", {"image": "indigo_test_20x12.png"})
+        ui.js("(t) => { app.graph.nodes.find((n) => n.type === 'INDIGO_GuidedKSampler').title = t; }", HOSTILE_TITLE)
+        found = ui.js("() => window.comfyIndigo.checkSizes({announceAll: true})")
+        assert len(found) == 1 and "PixelINN ×4" in found[0]["message"], found
+        ui.page.wait_for_function("(t) => [...document.querySelectorAll('.p-toast-message')]"
+                                  ".some((m) => m.textContent.includes(t))", arg=HOSTILE_TITLE, timeout=10000)
+        ui.page.wait_for_timeout(500)
+        assert ui.js("() => document.querySelectorAll('.p-toast-message img').length") == 0
+        assert ui.js(f"() => {XSS_FLAG} ?? null") is None
+    finally:
+        _close_menus(ui)
+        ui.js("() => app.extensionManager.toast.removeAll()")
+        for path in paths:
+            path.unlink(missing_ok=True)
+        _refresh_combos(ui)
+    assert ui.js(f"() => {XSS_FLAG} ?? null") is None
+    assert ui.errors(mark) == []  # (an <img src=x> put in the page would also log a 404 for /x)
+
+
+def test_stalled_request_does_not_hold_up_run(ui, comfy_server) -> None:
+    """The size check before queueing waits a bounded time for INN facts: an /indigo/inn_info
+    request that never answers must not keep the Run button from queueing the prompt."""
+    name = "stall_probe.safetensors"  # a name the page has not asked about yet
+    write_random_inn(comfy_server.models_dir / name, "pixel-small")
+    held: list = []
+    ui.page.route("**/indigo/inn_info*", lambda route: held.append(route))
+    prompt_url = f"{comfy_server.url}/api/prompt"
+
+    def fake_queue(route) -> None:  # the prompt reaches the server's door; nothing runs
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        route.fulfill(status=200, content_type="application/json",
+                      body=json.dumps({"prompt_id": "indigo-stall-test", "number": 0, "node_errors": {}}))
+
+    try:
+        _refresh_combos(ui)
+        _load(ui, PIXEL_WORKFLOW)
+        _set_widgets(ui, "INDIGO_LoadINN", {"inn_name": name})
+        ui.page.wait_for_timeout(300)
+        assert held, "the badge did not ask the route about the new file"
+        waited = ui.js("""async () => { const t0 = Date.now();
+          const r = await Promise.race([window.comfyIndigo.checkSizes({announceAll: true}).then(() => 'done'),
+                                        new Promise((ok) => setTimeout(() => ok('stuck'), 12000))]);
+          return [r, Date.now() - t0]; }""")
+        assert waited[0] == "done" and waited[1] < 6000, f"the size check waits on a stalled request: {waited}"
+        ui.page.route(prompt_url, fake_queue)
+        with ui.page.expect_request(lambda r: r.url == prompt_url and r.method == "POST", timeout=10000):
+            ui.page.locator('[data-testid="queue-button"]').first.click()
+    finally:
+        ui.page.unroute(prompt_url, fake_queue)
+        ui.page.unroute("**/indigo/inn_info*")
+        for route in held:  # answered by the server now
+            route.continue_()
+        ui.page.wait_for_timeout(500)
+        (comfy_server.models_dir / name).unlink(missing_ok=True)
+        _refresh_combos(ui)
+        ui.js("() => app.extensionManager.toast.removeAll()")
+
+
+def test_malformed_messages_are_contained(ui) -> None:
+    """Progress messages and UI outputs the extension cannot use are dropped without an error, and
+    workflow values that are names of Object's own properties are not taken for table entries."""
+    mark = len(ui.console)
+    _load(ui, PIXEL_WORKFLOW)
+    sampler = _node_id(ui, "INDIGO_GuidedKSampler")
+    plot = ui.js("""(id) => {
+      const send = (d) => app.api.dispatchCustomEvent('indigo.progress', { node: String(id), ...d });
+      send({ step: 0, steps: 4, residual: [0.5] });
+      send({ step: 5000000, steps: 4, residual: [0.25] });  // no such step: not kept
+      send({ step: 1, steps: 1e12, residual: [0.25] });     // absurd step count: not taken
+      const p = app.graph.getNodeById(id).indigoPlot;
+      return { length: p.residual.length, steps: p.steps, events: p.events };
+    }""", sampler)
+    assert plot == {"length": 2, "steps": 4, "events": 2}, plot
+    # a run record the plot cannot use, and a text output with markup, as a node's UI output
+    ui.js("""(id) => app.graph.getNodeById(id).onExecuted({ indigo_run: [{ residual: 5, refine_loss: {},
+                                                                          regularised_steps: 'x' }] })""", sampler)
+    ui.js(bh.BUILD_GRAPH_JS, {"nodes": [["info", "INDIGO_INNInfo", [40, 60], {}, {}]], "links": []})
+    info = _node_id(ui, "INDIGO_INNInfo")
+    ui.js("(id) => app.graph.getNodeById(id).onExecuted({ text: ['<img src=x onerror=window.__indigoXss=3>'] })", info)
+    ui.page.wait_for_timeout(500)
+    assert ui.js("(id) => app.graph.getNodeById(id).indigoText.value", info) == \
+        "<img src=x onerror=window.__indigoXss=3>"
+    assert ui.js(f"() => {XSS_FLAG} ?? null") is None
+    # a mode value the node does not offer, named like one of Object's properties (a hand-edited workflow)
+    _load(ui, PIXEL_WORKFLOW)
+    _set_widgets(ui, "EmptyLatentImage", {"width": RUN_SIZE, "height": RUN_SIZE})
+    _set_widgets(ui, "LoadImage", {"image": "indigo_test_16x16.png"})
+    seen = ui.js("(id) => window.comfyIndigo.sizesOf(id)", _node_id(ui, "INDIGO_GuidedKSampler"))
+    assert seen["inn"]["domain"] == "pixel" and seen["measurement"] == {"w": 16, "h": 16}, seen  # all sizes known
+    for mode in ("constructor", "__proto__", "toString"):
+        ui.js("(m) => { app.graph.nodes.find((n) => n.type === 'INDIGO_GuidedKSampler').widgets"
+              ".find((w) => w.name === 'mode').value = m; }", mode)
+        found = ui.js("() => window.comfyIndigo.checkSizes()")
+        assert found == [], f"mode {mode!r}: {found}"
+    ui.js("() => app.extensionManager.toast.removeAll()")
+    assert ui.errors(mark) == []

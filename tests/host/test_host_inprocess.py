@@ -254,3 +254,39 @@ def test_prompt_in_process(comfy_inprocess) -> None:
     assert not failed.ok
     assert failed.error["node_type"] == "INDIGO_LoadINN"
     assert _expected_error(comfy_inprocess.models_dir / "graph_bad.safetensors") in failed.error_message
+
+
+def test_json_routes_answer_off_the_event_loop(comfy_inprocess, monkeypatch) -> None:
+    """A route's handler runs in a worker thread: one request that waits (a slow file read) does not
+    hold up another. Here request A waits until request B has been answered; served on the event
+    loop itself, A would block B and never see it."""
+    import asyncio
+    import threading
+    import types
+
+    import server
+
+    host_mod = comfy_inprocess.module("nodes.host")
+    endpoints = {}
+    routes = types.SimpleNamespace(get=lambda path: (lambda fn: endpoints.setdefault(path, fn)))
+    monkeypatch.setattr(server.PromptServer, "instance", types.SimpleNamespace(routes=routes), raising=False)
+    b_done = threading.Event()
+
+    def handler(query):
+        if query["who"] == "a":
+            return 200, {"saw_b": b_done.wait(timeout=10)}
+        b_done.set()
+        return 200, {"b": True}
+
+    assert host_mod.add_json_route("/indigo/test_route", handler)
+    endpoint = endpoints["/indigo/test_route"]
+
+    def request(who):
+        return types.SimpleNamespace(rel_url=types.SimpleNamespace(query={"who": who}))
+
+    async def both():
+        return await asyncio.gather(endpoint(request("a")), endpoint(request("b")))
+
+    a, b = asyncio.run(both())
+    assert a.status == 200 and b.status == 200
+    assert a.text == '{"saw_b": true}' and b_done.is_set()
