@@ -65,12 +65,6 @@ def load_cached_inn(path: str):
     return _cache.get(path, load)
 
 
-def trained_latent_format(path: str) -> dict | None:
-    """For a LatentINN file of the pack: {"file", "scale_factor", "latent_rgb_factors"} of the
-    autoencoder it was trained for, from its model card; None when the file does not record one."""
-    return cards.trained_latent_format(cards.read_card(path))
-
-
 def clear_cache() -> None:
     """Forget every cached INN (tests, or to free memory)."""
     _cache.clear()

@@ -29,25 +29,21 @@ from tune_guidance import load_set  # noqa: E402
 
 def _targets(models, y, x, up, r) -> dict:
     """{label: image} of the INN's data-consistent reconstructions for each detail source."""
-    import torch
-
-    from indigo_core.restore.pipeline import _degradation
+    from indigo_core.restore.pipeline import _degradation, _inn_zero
 
     inn, gamma = models.inn, _degradation(models, y)
     out = {}
     if inn.config.domain == "latent":
         ae = models.autoencoder
         z_y = ae.encode(up)
-        sources = {"x (oracle)": ae.encode(x), "R(y)": ae.encode(r), "up(y)": z_y}
-        for label, z in sources.items():
+        for label, z in {"x (oracle)": ae.encode(x), "R(y)": ae.encode(r), "up(y)": z_y}.items():
             _, details = inn(z, gamma)
             out[f"details of {label}"] = ae.decode(inn.inverse(z_y, details, gamma))
-        out["zero details"] = ae.decode(inn.inverse(z_y, [torch.zeros_like(d) for d in details], gamma))
     else:
         for label, s in {"x (oracle)": x, "R(y)": r, "up(y)": up}.items():
             _, details = inn(s, gamma)
             out[f"details of {label}"] = inn.inverse(y, details, gamma)
-        out["zero details"] = inn.inverse(y, [torch.zeros_like(d) for d in details], gamma)
+    out["zero details"] = _inn_zero(y, up, models)  # the restore CLI's latent-inn-zero / pixel-inn-zero
     return out
 
 

@@ -51,7 +51,8 @@ def sobel_magnitude(x: Tensor) -> Tensor:
         raise ShapeError(f"sobel_magnitude: expected (B,3,H,W) or (B,1,H,W), got {tuple(x.shape)}")
     x = x.float()
     if x.shape[1] == 3:
-        x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        # plain numbers, no weight tensor: no host-to-device copy in every guidance step
+        x = LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3]
     return sobel(x)
 
 

@@ -36,28 +36,19 @@ log = logging.getLogger(__name__)
 #: SD family, small enough to fit where a whole 1024-pixel pass did not. Ours.
 FALLBACK_TILE = (32, 8)
 
-#: What a user can change, quoted by GuidanceMemoryError, by the kind of action that failed.
+#: What a user can change, quoted by GuidanceMemoryError, by the kind of action that failed
+#: (`OutOfMemoryGuard.run(..., kind=...)`).
 _VAE_ADVICE = ("enable Tiled INDIGO (or lower its vae_tile_size), run the VAE in fp16/bf16 "
                "(ComfyUI --fp16-vae / --bf16-vae)")
 ADVICE = {
-    "denoiser gradient": "use grad_wrt 'z0' (no gradient through the model), " + _VAE_ADVICE
+    "denoiser_gradient": "use grad_wrt 'z0' (no gradient through the model), " + _VAE_ADVICE
                          + ", or use mode 'latent_inn' (no gradient at all)",
     "gradient": _VAE_ADVICE + ", or use mode 'latent_inn' (no decoder gradient)",
     "inn": "the INN runs on the whole latent: restore a smaller image, leave the refine input "
            "(INN Refine) unconnected, or free memory for it (ComfyUI --lowvram, fewer models loaded)",
-    "re-encoding": _VAE_ADVICE + ", or leave the regulariser input unconnected (no re-encoding)",
+    "reencode": _VAE_ADVICE + ", or leave the regulariser input unconnected (no re-encoding)",
     "vae": _VAE_ADVICE,
 }
-
-
-def advice_for(what: str) -> str:
-    """The settings worth changing when the action described by `what` ran out of memory."""
-    text = what.lower()
-    for key, marker in (("denoiser gradient", "through the denoiser"), ("gradient", "gradient"),
-                        ("inn", "inn"), ("re-encoding", "re-encoding")):
-        if marker in text:
-            return ADVICE[key]
-    return ADVICE["vae"]
 
 
 class GuidanceMemoryError(IndigoError, torch.OutOfMemoryError):
@@ -124,16 +115,19 @@ class OutOfMemoryGuard:
     """
 
     def __init__(self, free_cache: Optional[Callable[[], None]] = None,
-                 tile: Sequence[int] = FALLBACK_TILE) -> None:
+                 tile: Sequence[int] = FALLBACK_TILE, has_inn: bool = True) -> None:
         self.free_cache = free_cache
+        self.has_inn = bool(has_inn)
         self.tile = (int(tile[0]), int(tile[1]))
         self.tiled = False
         self.fallbacks = 0
 
     def run(self, what: str, shape: Sequence[int], fn: Callable[[], object],
-            on_fallback: Optional[Callable[[], None]] = None):
+            on_fallback: Optional[Callable[[], None]] = None, kind: str = "vae"):
         """`fn()` (a pure action: no state changed before it can fail), retried as described;
-        `on_fallback()` runs once when the run switches (the run turns on INN checkpointing)."""
+        `on_fallback()` runs once when the run switches (the run turns on INN checkpointing).
+        kind: what the action is, a key of ADVICE (the settings the final error suggests)."""
+        advice = ADVICE[kind]
         for attempt in range(2):
             failed = None
             try:
@@ -156,5 +150,6 @@ class OutOfMemoryGuard:
             h, w = int(shape[-2]), int(shape[-1])
             raise GuidanceMemoryError(
                 f"INDIGO guidance ran out of memory while {what} (latent {h}x{w}) even with the VAE in tiles of "
-                f"{self.tile[0]} latent pixels and the INN checkpointed ({failed}). To fit: {advice_for(what)}.") from None
+                f"{self.tile[0]} latent pixels{' and the INN checkpointed' if self.has_inn else ''} ({failed}). "
+                f"To fit: {advice}.") from None
         raise AssertionError("unreachable")  # pragma: no cover

@@ -180,7 +180,7 @@ class GuidanceRun:
         self._use_graphs = on_cuda and cuda_graphs is not False            # LatentINN update
         self._use_objective_graphs = on_cuda and cuda_graphs is True       # gradient modes
         self.checkpoint_decoder = bool(checkpoint_decoder)
-        self._oom = OutOfMemoryGuard(free_cache, fallback_tile)
+        self._oom = OutOfMemoryGuard(free_cache, fallback_tile, has_inn=settings.uses_inn and inn is not None)
         self._graph = None
         self._objective_graph = None
 
@@ -320,9 +320,10 @@ class GuidanceRun:
         if self.inn is not None and hasattr(self.inn, "set_checkpointing"):
             self.inn.set_checkpointing(enabled)
 
-    def _guarded(self, what: str, shape, fn):
-        """fn() under the out-of-memory guard; its fallback also checkpoints the INN."""
-        return self._oom.run(what, shape, fn, on_fallback=lambda: self._checkpoint_inn(True))
+    def _guarded(self, what: str, shape, fn, kind: str = "vae"):
+        """fn() under the out-of-memory guard (kind: memory.ADVICE's key); its fallback also
+        checkpoints the INN."""
+        return self._oom.run(what, shape, fn, on_fallback=lambda: self._checkpoint_inn(True), kind=kind)
 
     # VAE passes: whole, or tile by tile once a pass has run out of memory (memory.py).
     def _decode(self, z: Tensor) -> Tensor:
@@ -346,7 +347,8 @@ class GuidanceRun:
     @torch.no_grad()
     def _reencode(self, z: Tensor) -> Tensor:
         """The regulariser E(D(z0)) (regulariser.py's reencode, with the memory fallback)."""
-        return self._guarded("re-encoding (regulariser)", z.shape, lambda: self._encode(self._decode(z)))
+        return self._guarded("re-encoding (regulariser)", z.shape, lambda: self._encode(self._decode(z)),
+                             kind="reencode")
 
     def _objective(self, x0: Tensor) -> Objective:
         s = self.settings
@@ -433,22 +435,23 @@ class GuidanceRun:
                 out_dtype, out_device = z_t.dtype, z_t.device
                 if guide:
                     z = guard("computing the guidance gradient through the denoiser", z_t.shape,
-                              lambda: self._gradient_step_zt(z_t, denoise_fn, rec, refine))
+                              lambda: self._gradient_step_zt(z_t, denoise_fn, rec, refine), kind="denoiser_gradient")
                 else:
                     with torch.no_grad():
                         z = denoise_fn(z_t.detach().clone()).detach().float()
                     if refine:
-                        guard("refining the INN", z.shape, lambda: self._refine_only(z, rec))
+                        guard("refining the INN", z.shape, lambda: self._refine_only(z, rec), kind="inn")
             else:
                 out_dtype, out_device = z0.dtype, z0.device
                 z = z0.detach().clone().to(self.device, torch.float32)
                 if s.mode == "latent_inn" and (guide or refine):
-                    z = guard("running the LatentINN", z.shape, lambda: self._latent_step(z, rec, guide, refine))
+                    z = guard("running the LatentINN", z.shape, lambda: self._latent_step(z, rec, guide, refine),
+                              kind="inn")
                 elif s.mode in GRADIENT_MODES and guide:
                     z = guard("computing the guidance gradient", z.shape,
-                              lambda: self._gradient_step_z0(z, rec, refine))
+                              lambda: self._gradient_step_z0(z, rec, refine), kind="gradient")
                 elif refine:
-                    guard("refining the INN", z.shape, lambda: self._refine_only(z, rec))
+                    guard("refining the INN", z.shape, lambda: self._refine_only(z, rec), kind="inn")
             if regularise:
                 z = self._reencode(z)
             out = z.detach().to(device=out_device, dtype=out_dtype)

@@ -88,8 +88,6 @@ class WaveletINN(nn.Module):
                 f"WaveletINN ({cfg.split}, {cfg.levels} levels): expected H and W divisible by {s}, "
                 f"got {h}x{w}; pad to a multiple of {s} and crop afterwards"
             )
-        if not torch.is_floating_point(x):
-            raise ShapeError(f"WaveletINN: expected a floating-point x, got {x.dtype}")
         check_float_input(x, self, "WaveletINN", "x")
 
     def _gamma(self, degradation: Optional[Tensor], ref: Tensor) -> Optional[Tensor]:

@@ -4,8 +4,8 @@ what was expected and what came, before any heavy work; and never returns a sile
 One case per mistake: wrong dtype (integer, bool, a float dtype other than the model's), a numpy
 array for a tensor, zero or negative sizes, batch/length mismatches, non-finite or out-of-range
 config values, the wrong object or file kind given to a save/load function. Each of these ended in
-a raw torch/Python error, a misleading message or a wrong result before (see /tmp/review_api.md of
-the audit that added them).
+a raw torch/Python error, a misleading message or a wrong result before these checks were added
+(CHANGELOG, "The core's public API refuses bad input").
 """
 
 from __future__ import annotations

@@ -172,21 +172,38 @@ def test_still_out_of_memory_stops_with_the_settings_to_change():
     assert free.calls == 2 and ae.failures == 2
 
 
-@pytest.mark.parametrize("what,wanted,unwanted", [
-    ("running the LatentINN", "INN Refine", "vae_tile_size"),
-    ("refining the INN", "smaller image", "grad_wrt"),
-    ("computing the guidance gradient through the denoiser", "grad_wrt 'z0'", "INN Refine"),
-    ("re-encoding (regulariser)", "regulariser input", "grad_wrt"),
-    ("decoding the output image", "vae_tile_size", "regulariser"),
+@pytest.mark.parametrize("kind,wanted,unwanted", [
+    ("inn", "INN Refine", "vae_tile_size"),
+    ("denoiser_gradient", "grad_wrt 'z0'", "INN Refine"),
+    ("gradient", "latent_inn", "grad_wrt"),
+    ("reencode", "regulariser input", "grad_wrt"),
+    ("vae", "vae_tile_size", "regulariser"),
 ])
-def test_the_final_advice_names_what_helps_the_action_that_failed(what, wanted, unwanted):
+def test_the_final_advice_names_what_helps_the_action_that_failed(kind, wanted, unwanted):
     def fail():
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(GuidanceMemoryError) as info:
-        OutOfMemoryGuard().run(what, (1, 4, 64, 64), fail)
+        OutOfMemoryGuard().run("doing it", (1, 4, 64, 64), fail, kind=kind)
     text = str(info.value)
-    assert what in text and "latent 64x64" in text and wanted in text and unwanted not in text
+    assert "doing it" in text and "latent 64x64" in text and wanted in text and unwanted not in text
+    assert "INN checkpointed" in text
+    with pytest.raises(GuidanceMemoryError) as info:  # a run without an INN does not claim one
+        OutOfMemoryGuard(has_inn=False).run("doing it", (1, 4, 64, 64), fail, kind=kind)
+    assert "INN checkpointed" not in str(info.value)
+
+
+def test_every_guarded_action_of_a_run_names_its_kind():
+    """Each action GuidanceRun guards passes the kind its advice is looked up by."""
+    import inspect
+
+    from indigo_core.guidance import run as run_module
+    from indigo_core.guidance.memory import ADVICE
+
+    source = inspect.getsource(run_module)
+    kinds = __import__("re").findall(r'kind="(\w+)"', source)
+    assert set(kinds) == set(ADVICE) - {"vae"}  # "vae" is the default of the plain VAE passes
+
 
 
 def test_runtime_error_out_of_memory_is_handled_other_errors_propagate():
