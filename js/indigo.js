@@ -1,7 +1,9 @@
 // comfyui-indigo frontend extension ("comfyui-indigo.ui").
 //
 // 1. Live guidance plot. The guidance sends one "indigo.progress" message per guided sampler call
-//    ({node, step, steps, residual: [rms per batch item], refine_loss, regularised}); the INDIGO
+//    ({node, display_node, prompt_id, step, steps, residual: [rms per batch item], refine_loss,
+//    regularised}); only the prompt this page follows is drawn (see `followed`), on the node its
+//    execution id (display_node: "12:5" inside subgraphs) names; the INDIGO
 //    sampler nodes (Guided KSampler, Tiled INDIGO, Apply INDIGO Guidance) draw the per-step
 //    data-consistency residual (batch mean) and, when refinement is on, the refinement loss. When a
 //    sampler node finishes, its UI output "indigo_run" (the whole run) replaces the live values.
@@ -91,16 +93,21 @@ function targets(node, slot) {
   return out;
 }
 
+/** The node an execution id names in the root graph: "7", or "12:5" for node 5 inside the subgraph
+ * of node 12 (ComfyUI's execution ids / display_node: the subgraph nodes' ids from the root, then
+ * the node's own). Null when any part does not name a node there. */
 function findNode(id) {
-  const key = String(id);
-  const direct = app.graph?.getNodeById(key) ?? app.graph?.getNodeById(Number(key));
-  if (direct) return direct;
-  const last = key.split(":").pop(); // a node inside a subgraph: "<subgraph node>:<id>"
-  for (const g of app.graph?.subgraphs?.values?.() ?? []) {
-    const n = g.getNodeById(last) ?? g.getNodeById(Number(last));
-    if (n) return n;
+  if (id == null) return null;
+  const parts = String(id).split(":");
+  let graph = app.rootGraph ?? app.graph;
+  let node = null;
+  for (const [k, part] of parts.entries()) {
+    if (!graph || part === "") return null;
+    node = graph.getNodeById(part) ?? (/^\d+$/.test(part) ? graph.getNodeById(Number(part)) : null);
+    if (!node) return null;
+    if (k < parts.length - 1) graph = node.subgraph ?? null; // a subgraph node: go inside
   }
-  return null;
+  return node;
 }
 
 // ---------------------------------------------------------------------------- 1. live plot
@@ -215,13 +222,52 @@ function redraw(node) {
   node.setDirtyCanvas?.(true, false);
 }
 
+// The prompt whose progress is drawn, chosen as ComfyUI's own frontend chooses the prompt whose
+// progress it shows: the one whose "execution_start" this page got (ComfyUI sends it to the client
+// that queued the prompt only; a prompt queued without a client id, e.g. by an API script, sends
+// none, though its progress reaches every page). Prompts this page queued are followed too, and are
+// drawn only while the workflow they were queued from is the one open.
 let currentPrompt = null;
+const queuedPrompts = new Map(); // prompt id -> the workflow (ComfyWorkflow) it was queued from
+const MAX_QUEUED = 200;
+
+function activeWorkflow() {
+  return app.extensionManager?.workflow?.activeWorkflow ?? null;
+}
+
+/** Remember the prompts this page queues (api.queuePrompt, as the frontend's own storePrompt does). */
+function wrapApiQueue() {
+  const original = api.queuePrompt;
+  if (typeof original !== "function" || original.indigoWrapped) return;
+  const wrapped = async function (...args) {
+    const workflow = activeWorkflow();
+    const res = await original.apply(this, args);
+    if (res?.prompt_id != null) {
+      queuedPrompts.set(String(res.prompt_id), workflow);
+      while (queuedPrompts.size > MAX_QUEUED) queuedPrompts.delete(queuedPrompts.keys().next().value);
+    }
+    return res;
+  };
+  wrapped.indigoWrapped = true;
+  api.queuePrompt = wrapped;
+}
+
+/** Whether progress of prompt `promptId` is to be drawn on the open graph. */
+function followed(promptId) {
+  if (promptId == null) return false; // not said which prompt it is from: it cannot be placed
+  const id = String(promptId);
+  if (id !== currentPrompt && !queuedPrompts.has(id)) return false;
+  const from = queuedPrompts.get(id); // unknown for a prompt only seen starting: the open graph
+  return !from || !activeWorkflow() || from === activeWorkflow();
+}
 
 function onProgress(event) {
   const d = event.detail ?? {};
-  const node = findNode(d.node);
+  if (!followed(d.prompt_id)) return;
+  const node = findNode(d.display_node ?? d.node);
   if (!node || !node.indigoPlot) return;
-  if (node.indigoPlot.promptId !== currentPrompt || node.indigoPlot.done) node.indigoPlot = newPlot(currentPrompt);
+  const promptId = String(d.prompt_id);
+  if (node.indigoPlot.promptId !== promptId || node.indigoPlot.done) node.indigoPlot = newPlot(promptId);
   const plot = node.indigoPlot;
   const step = Number(d.step);
   if (!Number.isInteger(step) || step < 0 || step >= MAX_PLOT_STEPS) return; // not a step: nothing kept
@@ -717,9 +763,11 @@ app.registerExtension({
     patchContextMenu();
     api.addEventListener(PROGRESS_EVENT, onProgress);
     api.addEventListener("execution_start", (e) => {
-      currentPrompt = e.detail?.prompt_id ?? null;
+      const id = e.detail?.prompt_id;
+      currentPrompt = id == null ? null : String(id);
     });
     wrapQueue();
+    wrapApiQueue();
     startWatcher();
     // For scripts and tests: the same checks the UI runs.
     window.comfyIndigo = { checkSizes, sizesOf, innBadgeText, version: 1 };

@@ -41,7 +41,7 @@ from torch import Tensor
 from ..indigo_core.errors import ConfigError, DomainError, InputValueError, ShapeError
 from ..indigo_core.guidance import GuidanceRun, GuidanceSettings, check_aspect, step_index_from_sigmas
 from ..indigo_core.guidance.settings import GRADIENT_MODES
-from .host import WrappersMP, frontend_connected, send_event, soft_empty_cache, throw_if_interrupted
+from .host import WrappersMP, executing_ids, frontend_connected, send_event, soft_empty_cache, throw_if_interrupted
 
 log = logging.getLogger("comfyui_indigo")
 
@@ -356,6 +356,7 @@ class _RunState:
             return
         data = {
             "node": self.spec.node_id,
+            **executing_ids(self.spec.node_id),  # prompt_id, display_node: which prompt's node it is
             "step": rec.step_index,
             "steps": rec.n_steps,
             "residual": None if rec.residual is None else [float(v) for v in rec.residual.detach().cpu()],

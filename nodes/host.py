@@ -45,6 +45,7 @@ __all__ = [
     "intermediate_device",
     "soft_empty_cache",
     "send_event",
+    "executing_ids",
     "add_json_route",
     "WrappersMP",
     "SAMPLER_NAMES",
@@ -148,6 +149,39 @@ def send_event(event: str, data: dict) -> None:
     instance = getattr(server.PromptServer, "instance", None)
     if instance is not None:
         instance.send_sync(event, data, getattr(instance, "client_id", None))
+
+
+def executing_ids(node_id=None) -> dict:
+    """``{"prompt_id", "display_node"}`` of the node running now, as ComfyUI's own progress messages
+    name them: the executing prompt's id (None outside a prompt) and the id the frontend shows the
+    node under (``display_node``: a node made by node expansion is shown as the node that made it;
+    a node inside a subgraph has an execution id such as ``"12:5"``, its subgraph node's id first).
+    ``node_id``: the node's unique id (default: the executing node's)."""
+    prompt_id = display = None
+    try:
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        if context is not None:
+            prompt_id = context.prompt_id
+            node_id = node_id if node_id is not None else context.node_id
+    except ImportError:
+        pass
+    if prompt_id is None:  # as ComfyUI's progress hook falls back (main.py hijack_progress)
+        import server
+
+        prompt_id = getattr(getattr(server.PromptServer, "instance", None), "last_prompt_id", None)
+    if node_id is not None:
+        display = node_id
+        try:
+            from comfy_execution.progress import get_progress_state
+
+            dynprompt = getattr(get_progress_state(), "dynprompt", None)
+            if dynprompt is not None:
+                display = dynprompt.get_display_node_id(node_id)
+        except Exception:  # no progress registry (in-process use): the node's own id
+            pass
+    return {"prompt_id": prompt_id, "display_node": None if display is None else str(display)}
 
 
 def add_json_route(path: str, handler) -> bool:

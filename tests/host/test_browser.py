@@ -873,14 +873,17 @@ def test_malformed_messages_are_contained(ui) -> None:
     mark = len(ui.console)
     _load(ui, PIXEL_WORKFLOW)
     sampler = _node_id(ui, "INDIGO_GuidedKSampler")
+    _follow(ui, "indigo-malformed-test")
     plot = ui.js("""(id) => {
-      const send = (d) => app.api.dispatchCustomEvent('indigo.progress', { node: String(id), ...d });
+      const send = (d) => app.api.dispatchCustomEvent('indigo.progress',
+                                                      { node: String(id), prompt_id: 'indigo-malformed-test', ...d });
       send({ step: 0, steps: 4, residual: [0.5] });
       send({ step: 5000000, steps: 4, residual: [0.25] });  // no such step: not kept
       send({ step: 1, steps: 1e12, residual: [0.25] });     // absurd step count: not taken
       const p = app.graph.getNodeById(id).indigoPlot;
       return { length: p.residual.length, steps: p.steps, events: p.events };
     }""", sampler)
+    _follow(ui, None)
     assert plot == {"length": 2, "steps": 4, "events": 2}, plot
     # a run record the plot cannot use, and a text output with markup, as a node's UI output
     ui.js("""(id) => app.graph.getNodeById(id).onExecuted({ indigo_run: [{ residual: 5, refine_loss: {},
@@ -904,4 +907,69 @@ def test_malformed_messages_are_contained(ui) -> None:
         found = ui.js("() => window.comfyIndigo.checkSizes()")
         assert found == [], f"mode {mode!r}: {found}"
     ui.js("() => app.extensionManager.toast.removeAll()")
+    assert ui.errors(mark) == []
+
+
+def _follow(ui, prompt_id) -> None:
+    """Make the page follow prompt ``prompt_id`` as when the server starts a prompt it queued
+    ("execution_start" goes to the queuing client only); None: the prompt ends ("executing" null)."""
+    if prompt_id is None:
+        ui.js("() => app.api.dispatchCustomEvent('executing', null)")
+    else:
+        ui.js("(id) => app.api.dispatchCustomEvent('execution_start', { prompt_id: id, timestamp: Date.now() })",
+              prompt_id)
+
+
+#: Send one synthetic "indigo.progress" message; returns the plot state of the root graph's node `id`
+#: (or, with `inner`, of node `inner` inside the subgraph of node `id`).
+PROGRESS_JS = """([id, inner, detail]) => {
+  app.api.dispatchCustomEvent('indigo.progress', detail);
+  const outer = app.graph.getNodeById(id);
+  const node = inner == null ? outer : outer.subgraph.getNodeById(inner);
+  const p = node.indigoPlot;
+  return { events: p.events, promptId: p.promptId, residual: Array.from(p.residual, (v) => v ?? null) };
+}"""
+
+
+def test_progress_of_other_prompts_is_not_drawn(ui) -> None:
+    """A progress message is drawn only when it comes from the prompt the page follows (the one
+    whose execution_start it got), on the node its execution id names: progress of a prompt queued
+    without a client id reaches every page, and a node of the open graph may have the same id."""
+    mark = len(ui.console)
+    _load(ui, PIXEL_WORKFLOW)
+    sampler = _node_id(ui, "INDIGO_GuidedKSampler")
+    ours, other = "indigo-followed-prompt", "indigo-api-script-prompt"
+    _follow(ui, ours)
+    try:
+        step = lambda pid, k, node=str(sampler), **extra: {  # noqa: E731
+            "node": node, "display_node": node, "step": k, "steps": 4, "residual": [0.5 + k], **extra,
+            **({} if pid is None else {"prompt_id": pid})}
+        drawn = ui.js(PROGRESS_JS, [sampler, None, step(other, 0)])
+        assert drawn["events"] == 0 and drawn["residual"] == [], f"another prompt's progress was drawn: {drawn}"
+        drawn = ui.js(PROGRESS_JS, [sampler, None, step(None, 0)])
+        assert drawn["events"] == 0 and drawn["residual"] == [], f"progress of no prompt was drawn: {drawn}"
+        drawn = ui.js(PROGRESS_JS, [sampler, None, step(ours, 0)])
+        assert drawn == {"events": 1, "promptId": ours, "residual": [0.5]}, drawn
+        drawn = ui.js(PROGRESS_JS, [sampler, None, step(other, 1)])
+        assert drawn == {"events": 1, "promptId": ours, "residual": [0.5]}, f"the plot took another prompt's: {drawn}"
+        drawn = ui.js(PROGRESS_JS, [sampler, None, step(ours, 1)])
+        assert drawn == {"events": 2, "promptId": ours, "residual": [0.5, 1.5]}, drawn
+
+        # A sampler inside a subgraph: its execution id is "<subgraph node id>:<its id in the subgraph>".
+        ids = ui.js("""(id) => {
+          const { node } = app.graph.convertToSubgraph(new Set([app.graph.getNodeById(id)]));
+          const inner = node.subgraph.nodes.find((n) => n.type === 'INDIGO_GuidedKSampler');
+          const plain = app.graph.nodes.find((n) => !n.subgraph && n.id !== node.id);
+          return { outer: node.id, inner: inner.id, plain: plain.id };
+        }""", sampler)
+        outer, inner = ids["outer"], ids["inner"]
+        for wrong in (str(inner), f"{ids['plain']}:{inner}"):  # not the subgraph's execution id
+            drawn = ui.js(PROGRESS_JS, [outer, inner, step(ours, 0, node=wrong)])
+            assert drawn["events"] == 0, f"{wrong!r} was drawn on node {inner} of subgraph node {outer}: {drawn}"
+        drawn = ui.js(PROGRESS_JS, [outer, inner, step(other, 0, node=f"{outer}:{inner}")])
+        assert drawn["events"] == 0, f"another prompt's progress was drawn in the subgraph: {drawn}"
+        drawn = ui.js(PROGRESS_JS, [outer, inner, step(ours, 0, node=f"{outer}:{inner}")])
+        assert drawn["events"] == 1 and drawn["residual"] == [0.5], drawn
+    finally:
+        _follow(ui, None)
     assert ui.errors(mark) == []

@@ -207,11 +207,16 @@ def test_per_step_values_reach_the_frontend(comfy_server, files):
                     done = data["type"] in ("execution_success", "execution_error") and \
                         data["data"].get("prompt_id") == prompt_id
                     if done:
-                        return events, await drain(bystander)
+                        return events, await drain(bystander), prompt_id
 
-    events, seen_by_bystander = asyncio.run(collect())
+    events, seen_by_bystander, prompt_id = asyncio.run(collect())
     assert "status" in seen_by_bystander and "indigo.progress" not in seen_by_bystander, seen_by_bystander
     assert events[-1]["type"] == "execution_success", events[-1]
     ours = [e["data"] for e in events if e["type"] == "indigo.progress"]
     assert [e["step"] for e in ours] == [0, 1, 2]
     assert all(e["node"] == "s" and e["steps"] == 3 and len(e["residual"]) == 1 for e in ours)
+    # which prompt's node it is, as ComfyUI's own progress messages say it (the frontend draws only
+    # the prompt it follows, on the node the display id names)
+    assert all(e["prompt_id"] == prompt_id and e["display_node"] == "s" for e in ours), ours
+    progress = [e["data"] for e in events if e["type"] == "progress" and e["data"]["node"] == "s"]
+    assert progress and all(p["prompt_id"] == prompt_id for p in progress), progress
