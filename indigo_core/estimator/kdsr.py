@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ShapeError, WeightsFileError
+from ..errors import ConfigError, ConfigTypeError, ShapeError, WeightsFileError
 from ..inn.inputs import check_float_input
 from ..io.safe_pickle import load_state_dict_file
 from ..io.weights import check_float_dtype, format_metadata, load_state_strict, read_weights_file, write_weights_file
@@ -117,7 +117,7 @@ class DegradationEstimator(nn.Module):
         super().__init__()
         cfg = EstimatorConfig() if config is None else config
         if not isinstance(cfg, EstimatorConfig):
-            raise ConfigError(f"{type(self).__name__}: expected an EstimatorConfig (e.g. EstimatorConfig.preset('kdsr')), "
+            raise ConfigTypeError(f"{type(self).__name__}: expected an EstimatorConfig (e.g. EstimatorConfig.preset('kdsr')), "
                               f"got {type(cfg).__name__}")
         if cfg.role == "teacher" and not isinstance(self, DegradationTeacher):
             raise ConfigError("DegradationEstimator: expected a config with role 'student', got 'teacher' "
@@ -171,7 +171,7 @@ class DegradationTeacher(DegradationEstimator):
     def __init__(self, config: Optional[EstimatorConfig] = None) -> None:
         cfg = EstimatorConfig(role="teacher") if config is None else config
         if not isinstance(cfg, EstimatorConfig):
-            raise ConfigError(f"DegradationTeacher: expected an EstimatorConfig (e.g. EstimatorConfig.preset("
+            raise ConfigTypeError(f"DegradationTeacher: expected an EstimatorConfig (e.g. EstimatorConfig.preset("
                               f"'kdsr-teacher')), got {type(cfg).__name__}")
         if cfg.role != "teacher":
             raise ConfigError(f"DegradationTeacher: expected a config with role 'teacher', got {cfg.role!r}")
@@ -199,7 +199,7 @@ class DegradationTeacher(DegradationEstimator):
 def build_estimator(config: EstimatorConfig) -> DegradationEstimator:
     """The student or teacher class for `config.role`."""
     if not isinstance(config, EstimatorConfig):
-        raise ConfigError(f"build_estimator: expected an EstimatorConfig (e.g. EstimatorConfig.preset('kdsr')), "
+        raise ConfigTypeError(f"build_estimator: expected an EstimatorConfig (e.g. EstimatorConfig.preset('kdsr')), "
                           f"got {type(config).__name__}")
     return DegradationTeacher(config) if config.role == "teacher" else DegradationEstimator(config)
 
@@ -208,7 +208,7 @@ def save_estimator(est: DegradationEstimator, path: PathLike, overwrite: bool = 
                    extra_metadata: Optional[Mapping[str, str]] = None) -> Path:
     """Save as safetensors with {"format": "indigo-estimator", "format_version", "config"}."""
     if not isinstance(est, DegradationEstimator):
-        raise ConfigError(f"save_estimator: expected a DegradationEstimator (or DegradationTeacher), "
+        raise ConfigTypeError(f"save_estimator: expected a DegradationEstimator (or DegradationTeacher), "
                           f"got {type(est).__name__}")
     metadata = format_metadata(ESTIMATOR_FORMAT, json.dumps(est.config.to_dict(), sort_keys=True), extra_metadata,
                                "save_estimator")

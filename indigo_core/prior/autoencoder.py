@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 from .base import (SD_SCALE_FACTOR, AutoencoderBase, check_dropout, check_int, check_scale_factor, config_from_dict,
                    int_tuple)
 
@@ -269,7 +269,7 @@ class AutoencoderKL(AutoencoderBase):
         super().__init__()
         self.cfg = AutoencoderConfig() if cfg is None else cfg
         if not isinstance(self.cfg, AutoencoderConfig):
-            raise ConfigError(f"AutoencoderKL: expected an AutoencoderConfig (e.g. prior.AUTOENCODER_PRESETS['small']), "
+            raise ConfigTypeError(f"AutoencoderKL: expected an AutoencoderConfig (e.g. prior.AUTOENCODER_PRESETS['small']), "
                               f"got {type(self.cfg).__name__}")
         self.encoder = Encoder(self.cfg)
         self.decoder = Decoder(self.cfg)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigTypeError
 from .base import SD_SCALE_FACTOR, AutoencoderBase, check_int, check_scale_factor, config_from_dict, int_tuple
 
 FAMILY = "plain"
@@ -139,7 +139,7 @@ class PlainAutoencoder(AutoencoderBase):
         super().__init__()
         self.cfg = PlainAutoencoderConfig() if cfg is None else cfg
         if not isinstance(self.cfg, PlainAutoencoderConfig):
-            raise ConfigError(f"PlainAutoencoder: expected a PlainAutoencoderConfig (e.g. "
+            raise ConfigTypeError(f"PlainAutoencoder: expected a PlainAutoencoderConfig (e.g. "
                               f"prior.PLAIN_AUTOENCODER_PRESETS['lean']), got {type(self.cfg).__name__}")
         self.encoder = PlainEncoder(self.cfg)
         self.decoder = PlainDecoder(self.cfg)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ConfigTypeError, ShapeError
 from ..inn.inputs import autocast_on, check_float_input
 from .base import check_dropout, check_int, config_from_dict, int_tuple
 
@@ -255,7 +255,7 @@ class EpsUNet(nn.Module):
         super().__init__()
         self.cfg = cfg = UNetConfig() if cfg is None else cfg
         if not isinstance(cfg, UNetConfig):
-            raise ConfigError(f"EpsUNet: expected a UNetConfig, got {type(cfg).__name__}")
+            raise ConfigTypeError(f"EpsUNet: expected a UNetConfig, got {type(cfg).__name__}")
         mc = cfg.model_channels
         emb = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))

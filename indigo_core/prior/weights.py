@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, ShapeError, WeightsFileError
+from ..errors import ConfigError, ConfigTypeError, ShapeError, WeightsFileError
 from ..io.weights import check_float_dtype, check_state_dict, read_header, read_weights_file, write_weights_file
 from .autoencoder import AutoencoderConfig, AutoencoderKL
 from .plain_autoencoder import FAMILY as PLAIN_FAMILY
@@ -77,7 +77,7 @@ def save_autoencoder(ae: Union[AutoencoderKL, PlainAutoencoder], path: PathLike,
                      latent_format: Optional[dict] = None) -> Path:
     """Write `ae` (ldm names, `dtype` floats; None keeps them) with its config and latent format."""
     if not isinstance(ae, (AutoencoderKL, PlainAutoencoder)):
-        raise ConfigError(f"save_autoencoder: expected an AutoencoderKL or a PlainAutoencoder, got {type(ae).__name__}")
+        raise ConfigTypeError(f"save_autoencoder: expected an AutoencoderKL or a PlainAutoencoder, got {type(ae).__name__}")
     check_float_dtype(dtype, "save_autoencoder")
     lf = {"scale_factor": ae.cfg.scale_factor, "shift_factor": 0.0}
     lf.update(latent_format or {})
@@ -159,7 +159,7 @@ def save_unet(unet: EpsUNet, null_context: Tensor, path: PathLike, extra_metadat
               dtype: Optional[torch.dtype] = torch.float16, overwrite: bool = False) -> Path:
     """Write the UNet (ComfyUI names) and its learned null context (1, T, context_dim)."""
     if not isinstance(unet, EpsUNet):
-        raise ConfigError(f"save_unet: expected an EpsUNet, got {type(unet).__name__}")
+        raise ConfigTypeError(f"save_unet: expected an EpsUNet, got {type(unet).__name__}")
     check_float_dtype(dtype, "save_unet")
     cfg = unet.cfg
     if not isinstance(null_context, Tensor) or not null_context.is_floating_point():

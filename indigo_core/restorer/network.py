@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError, ConfigTypeError, ShapeError
 from ..inn.inputs import check_float_input, check_spatial
 
 
@@ -60,7 +60,7 @@ class StageOneRestorer(nn.Module):
     def __init__(self, config: RestorerConfig) -> None:
         super().__init__()
         if not isinstance(config, RestorerConfig):
-            raise ConfigError(f"StageOneRestorer: expected a RestorerConfig, got {type(config).__name__}")
+            raise ConfigTypeError(f"StageOneRestorer: expected a RestorerConfig, got {type(config).__name__}")
         self.config = config
         w, s = config.width, config.scale
         self.head = nn.Conv2d(3, w, 3, padding=1)

@@ -8,7 +8,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from ..errors import ConfigError, WeightsFileError
+from ..errors import ConfigError, ConfigTypeError, WeightsFileError
 from ..io.weights import check_float_dtype, format_metadata, load_state_strict, read_weights_file, write_weights_file
 from .network import RestorerConfig, StageOneRestorer, build_restorer
 
@@ -20,7 +20,7 @@ def save_restorer(net: StageOneRestorer, path: PathLike, overwrite: bool = False
                   extra_metadata: Optional[Mapping[str, str]] = None, dtype: Optional[torch.dtype] = None):
     """Write `net` (optionally cast to `dtype`, e.g. float16 for shipping); returns the path."""
     if not isinstance(net, StageOneRestorer):
-        raise ConfigError(f"save_restorer: expected a StageOneRestorer, got {type(net).__name__}")
+        raise ConfigTypeError(f"save_restorer: expected a StageOneRestorer, got {type(net).__name__}")
     check_float_dtype(dtype, "save_restorer")
     metadata = format_metadata(RESTORER_FORMAT, json.dumps(net.config.to_dict(), sort_keys=True), extra_metadata,
                                "save_restorer")

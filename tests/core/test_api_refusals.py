@@ -487,8 +487,19 @@ def test_objects_of_the_wrong_kind_are_pack_errors_and_type_errors(tmp_path) -> 
     from indigo_core.inn.network import WaveletINN
     from indigo_core.io.weights import save_inn
 
-    for call in (lambda: WaveletINN({"domain": "pixel"}), lambda: save_inn(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")):
+    from indigo_core.estimator import DegradationEstimator, DegradationTeacher, build_estimator, save_estimator
+    from indigo_core.prior import AutoencoderKL, EpsUNet, save_autoencoder, save_unet
+    from indigo_core.prior.plain_autoencoder import PlainAutoencoder
+    from indigo_core.restorer import StageOneRestorer, save_restorer
+
+    lin, out = torch.nn.Linear(2, 2), tmp_path / "x.safetensors"
+    calls = [lambda: WaveletINN({"domain": "pixel"}), lambda: save_inn(lin, out),
+             lambda: DegradationEstimator({}), lambda: DegradationTeacher({}), lambda: build_estimator({}),
+             lambda: save_estimator(lin, out), lambda: AutoencoderKL("small"), lambda: PlainAutoencoder("lean"),
+             lambda: EpsUNet({}), lambda: save_autoencoder(lin, out), lambda: save_unet(lin, torch.zeros(1), out),
+             lambda: StageOneRestorer({}), lambda: save_restorer(lin, out)]
+    for k, call in enumerate(calls):
         with pytest.raises(ConfigTypeError) as info:
             call()
-        assert isinstance(info.value, IndigoError) and isinstance(info.value, TypeError)
-    assert not (tmp_path / "x.safetensors").exists()
+        assert isinstance(info.value, IndigoError) and isinstance(info.value, TypeError), k
+    assert not out.exists()
