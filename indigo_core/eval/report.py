@@ -1,8 +1,8 @@
 """Evaluation outputs: the per-image CSV, the markdown tables, the comparison grid.
 
 CSV (`results.csv`): one row per (level, method, image) with PSNR (RGB), PSNR-Y, SSIM, LPIPS,
-DISTS; plus one row per (level, method) with file `*` holding the set-level FID (or, in `note`,
-why it is not available). Floats are written with repr(), so reading the CSV back gives the same
+DISTS and the network that scored LPIPS (`lpips_net`); plus one row per (level, method) with file
+`*` holding the set-level FID (or, in `note`, why it is not available). Floats are written with repr(), so reading the CSV back gives the same
 numbers bit for bit and the table rebuilt from it (`--from-csv`) is identical to the one written
 by the evaluation itself: both are made by `markdown_table` from the rows.
 """
@@ -22,7 +22,9 @@ __all__ = ["COLUMNS", "METRICS", "SET_ROW", "write_csv", "read_csv", "summarise"
            "comparison_grid", "LEVEL_ORDER"]
 
 METRICS = ("psnr", "psnr_y", "ssim", "lpips", "dists")
-COLUMNS = ("level", "method", "file") + METRICS + ("fid", "note")
+COLUMNS = ("level", "method", "file") + METRICS + ("fid", "note", "lpips_net")
+# CSVs written before LPIPS's network was recorded lack `lpips_net`; they still read
+_OPTIONAL = ("lpips_net",)
 SET_ROW = "*"
 LEVEL_ORDER = ("mild", "medium", "severe")
 _HEADERS = {"psnr": "PSNR", "psnr_y": "PSNR-Y", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "fid": "FID"}
@@ -52,12 +54,13 @@ def read_csv(path: str | Path) -> list[dict]:
         raise DatasetError(f"results CSV {path}: not found")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = set(COLUMNS) - set(reader.fieldnames or [])
+        missing = set(COLUMNS) - set(_OPTIONAL) - set(reader.fieldnames or [])
         if missing:
             raise DatasetError(f"results CSV {path}: expected columns {list(COLUMNS)}, missing {sorted(missing)}")
         rows = []
         for i, r in enumerate(reader, start=2):
-            row = {"level": r["level"], "method": r["method"], "file": r["file"], "note": r["note"]}
+            row = {"level": r["level"], "method": r["method"], "file": r["file"], "note": r["note"],
+                   "lpips_net": r.get("lpips_net") or ""}
             for k in METRICS + ("fid",):
                 try:
                     row[k] = float(r[k]) if r[k] != "" else None
@@ -104,10 +107,31 @@ def _cell(v, digits: int) -> str:
     return f"{v:.{digits}f}"
 
 
+def lpips_label(rows: list[dict]) -> str:
+    """The LPIPS header, naming the network that scored the values, e.g. "LPIPS (alex)": values differ
+    by network, so rows scored by different networks cannot be averaged into one table."""
+    scored = [r for r in rows if r.get("lpips") is not None]
+    first: dict[str, str] = {}  # network -> the first (level/method) it scored
+    for r in scored:
+        if r.get("lpips_net"):
+            first.setdefault(r["lpips_net"], f"{r['level']}/{r['method']}")
+    nets = sorted(first)
+    if len(nets) > 1:
+        where = "; ".join(f"{n} in {first[n]}" for n in nets)
+        raise DatasetError(f"results: LPIPS was scored with different networks ({where}); expected one network "
+                           f"per table (score every result with the same --lpips-net)")
+    if not nets:
+        return "LPIPS"
+    unrecorded = sum(1 for r in scored if not r.get("lpips_net"))
+    return f"LPIPS ({nets[0]})" if not unrecorded else f"LPIPS ({nets[0]}; {unrecorded} rows do not record it)"
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """The paper's layout (levels x methods, cells "PSNR / LPIPS"), then every metric per method."""
+    """The paper's layout (levels x methods, cells "PSNR / LPIPS"), then every metric per method;
+    the LPIPS headers name the network that scored it."""
     levels, methods, acc = summarise(rows)
-    out = ["# Evaluation", "", "## PSNR (dB) / LPIPS, the paper's layout", "",
+    lpips = lpips_label(rows)
+    out = ["# Evaluation", "", f"## PSNR (dB) / {lpips}, the paper's layout", "",
            "| Degradation | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for lv in levels:
         cells = []
@@ -116,7 +140,8 @@ def markdown_table(rows: list[dict]) -> str:
             cells.append("" if s is None else f"{_cell(s['psnr'], 2)} / {_cell(s['lpips'], 4)}")
         out.append(f"| {lv} | " + " | ".join(cells) + " |")
     out += ["", "## All metrics (means over images; FID over the set)", "",
-            "| Degradation | Method | Images | " + " | ".join(_HEADERS[k] for k in METRICS + ("fid",)) + " |",
+            "| Degradation | Method | Images | " + " | ".join(lpips if k == "lpips" else _HEADERS[k]
+                                                             for k in METRICS + ("fid",)) + " |",
             "|---|---|---|" + "---|" * (len(METRICS) + 1)]
     notes = []
     for lv in levels:

@@ -170,6 +170,7 @@ class _Metrics:
             r["ssim"] = self.ssim(a, b).item()
         if self.lpips is not None:
             r["lpips"] = self.lpips(res.to(self.device), gt.to(self.device)).item()
+            r["lpips_net"] = self.opts.lpips_net
         if self.dists is not None:
             r["dists"] = self.dists(res.to(self.device), gt.to(self.device)).item()
         return r
@@ -362,6 +363,5 @@ def rebuild_table(csv_paths: list[Path], out: Path | None = None, overwrite: boo
     if out is not None:
         target = Path(out) / "table.md"
         _check_outputs([target], overwrite)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(table, encoding="utf-8")
+        atomic_write_text(target, table)
     return table

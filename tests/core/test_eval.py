@@ -92,6 +92,32 @@ def test_eval_rows_tables_grid_and_rebuild(folders, tmp_path, metrics_weights_di
     assert eval_main(["--from-csv", str(files["results.csv"]), "--out", str(tmp_path / "rebuilt")]) == 2
 
 
+def test_lpips_network_is_recorded_and_tables_never_mix_networks(folders, tmp_path, metrics_weights_dir):
+    """LPIPS values differ by network (alex and vgg score the same pair differently); the CSV used
+    not to record which one scored it, so tables rebuilt from CSVs of both averaged them silently."""
+    res = {}
+    for net in ("alex", "vgg"):
+        res[net] = evaluate(_opts(folders, tmp_path / net, metrics=("psnr", "lpips"), lpips_net=net,
+                                  weights_dir=metrics_weights_dir, grid_rows=1, results={"blur": folders / "blur"},
+                                  level="medium" if net == "alex" else "severe"))
+    alex, vgg = (read_csv(res[n].files["results.csv"]) for n in ("alex", "vgg"))
+    assert {r["lpips_net"] for r in alex if r["file"] != "*"} == {"alex"}
+    assert {r["lpips_net"] for r in vgg if r["file"] != "*"} == {"vgg"}
+    assert [r["lpips"] for r in alex if r["file"] != "*"] != [r["lpips"] for r in vgg if r["file"] != "*"]
+    table = res["vgg"].files["table.md"].read_text()
+    assert "## PSNR (dB) / LPIPS (vgg), the paper's layout" in table and "| LPIPS (vgg) |" in table
+    with pytest.raises(DatasetError, match=r"LPIPS was scored with different networks \(alex in medium/blur; "
+                                           r"vgg in severe/blur\); expected one network per table"):
+        rebuild_table([res["alex"].files["results.csv"], res["vgg"].files["results.csv"]])
+    # a CSV written before the column existed still reads, and the header says what it knows
+    old = tmp_path / "old.csv"
+    lines = res["alex"].files["results.csv"].read_text().splitlines()
+    old.write_text("\n".join(l.rsplit(",", 1)[0] for l in lines) + "\n")
+    assert "lpips_net" not in old.read_text()
+    assert "| LPIPS |" in rebuild_table([old])
+    assert "LPIPS (vgg; 4 rows do not record it)" in rebuild_table([old, res["vgg"].files["results.csv"]])
+
+
 def test_table_spans_levels_from_several_csvs(folders, tmp_path):
     csvs = []
     for level in ("severe", "mild"):
