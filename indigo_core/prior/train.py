@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..argtypes import fraction, non_negative, non_negative_int, positive, positive_int
-from ..errors import IndigoError
+from ..errors import DatasetError, IndigoError
 from .data import VAL_FRACTION, photo_split, split_record, write_json
 
 log = logging.getLogger("indigo_core.prior.train")
@@ -97,6 +97,17 @@ def stage(args: argparse.Namespace) -> dict:
     train, val = photo_split(args.data, args.val_fraction)
     record = split_record(args.data, train, val, args.val_fraction)
     root = Path(args.data)
+    # The copies are flat (train/STEM.jpg, val/NAME): two photos that would land on one file are
+    # refused before anything is written, not copied over each other.
+    targets: dict[str, list[str]] = {}
+    for sub, files, name in (("train", train, lambda f: f.stem + ".jpg"), ("val", val, lambda f: f.name)):
+        for f in files:
+            targets.setdefault(f"{sub}/{name(f)}", []).append(f.relative_to(root).as_posix())
+    clash = {t: srcs for t, srcs in targets.items() if len(srcs) > 1}
+    if clash:
+        detail = "; ".join(f"{', '.join(srcs)} -> {t}" for t, srcs in list(clash.items())[:5])
+        raise DatasetError(f"stage: photos of {args.data} would be copied onto one file ({detail}); "
+                           f"expected distinct file stems, rename them")
     for sub in ("train", "val"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for f in train:

@@ -32,8 +32,8 @@ from .plain_autoencoder import PRESETS as PLAIN_PRESETS
 from .plain_autoencoder import PlainAutoencoder
 from .data import CropSampler, center_crop, load_images, save_grid, to_float, write_json
 from .trainutil import (Budget, CsvLog, autocast, check_out_dir, command_line, hardware, load_checkpoint,
-                        files_digest, log, now_utc, pick_device, run_signature, save_checkpoint,
-                        setup_torch, sha256)
+                        files_digest, log, now_utc, pick_device, random_state, restore_random_state,
+                        run_signature, save_checkpoint, setup_torch, sha256)
 from .weights import load_autoencoder, save_autoencoder
 
 VAE_FILE = "indigo-prior-vae.safetensors"
@@ -145,11 +145,13 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         ae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
+        restore_random_state(ck, sampler)  # go on with new crops and posterior noise, not the first ones again
         log.info("resumed from %s at step %d (fresh time budget, learning rate restarts)", args.resume, step)
     n_params = count_parameters(ae)
     log.info("autoencoder %s: %s, %.2f M parameters", args.preset, cfg.to_dict(), n_params / 1e6)
 
-    csv_log = CsvLog(out / LOG_FILE, ["step", "elapsed_s", "lr", "loss", "l1", "ssim_loss", "kl", "val_psnr", "val_ssim"])
+    csv_log = CsvLog(out / LOG_FILE, ["step", "elapsed_s", "lr", "loss", "l1", "ssim_loss", "kl", "val_psnr", "val_ssim"],
+                     resume_step=step if args.resume else None)
     budget = Budget(args.max_minutes, args.max_steps, warmup=args.warmup)
     first_step = step
     next_val = args.val_minutes * 60.0
@@ -206,10 +208,10 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         if budget.elapsed() >= next_ckpt:
             next_ckpt += args.ckpt_minutes * 60.0
             save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step,
-                            signature=signature)
+                            signature=signature, random=random_state(sampler))
     train_seconds = budget.elapsed()
     save_checkpoint(out / CKPT_FILE, model=ae.state_dict(), optimizer=opt.state_dict(), step=step,
-                            signature=signature)
+                            signature=signature, random=random_state(sampler))
 
     # Fold the latent statistics into the 1x1 convs: SD1's 0.18215 then gives unit variance.
     # A frozen encoder keeps the --init file's (already folded) latent space: nothing to fold.

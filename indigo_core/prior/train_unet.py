@@ -24,8 +24,8 @@ from ..errors import ConfigError
 from .data import CropSampler, center_crop, load_images, rescale, save_grid, to_float, write_json
 from .schedule import DiscreteSchedule, euler_sample
 from .trainutil import (EMA, Budget, CsvLog, autocast, check_out_dir, command_line, hardware, load_checkpoint,
-                        files_digest, log, now_utc, pick_device, run_signature, save_checkpoint,
-                        setup_torch, sha256)
+                        files_digest, log, now_utc, pick_device, random_state, restore_random_state,
+                        run_signature, save_checkpoint, setup_torch, sha256)
 from .unet import EpsUNet, NullContext, UNetConfig
 from .weights import load_autoencoder, load_unet, read_latent_format, save_unet
 
@@ -139,7 +139,15 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         ctx.load_state_dict(ck["context"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
+        restore_random_state(ck, sampler)  # go on with new crops, timesteps and noise, not the first ones again
     ema_unet, ema_ctx = EMA(unet, args.ema_decay), EMA(ctx, args.ema_decay)
+    if args.resume:
+        if "ema" in ck:  # the exported weights are the EMA: it goes on averaging, not from the raw weights
+            ema_unet.load_state_dict(ck["ema"]["unet"])
+            ema_ctx.load_state_dict(ck["ema"]["context"])
+        else:
+            log.warning("--resume %s: the checkpoint records no EMA weights (an earlier version); the average "
+                        "starts again from its raw weights", args.resume)
     n_params = sum(p.numel() for p in unet.parameters())
     log.info("unet %s: %s, %.2f M parameters", args.preset, cfg.to_dict(), n_params / 1e6)
     schedule = DiscreteSchedule()
@@ -150,7 +158,8 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         ema_ctx.copy_to(ema_context)
         return ema_model.eval(), ema_context.context.detach()
 
-    csv_log = CsvLog(out / LOG_FILE, ["step", "elapsed_s", "lr", "loss", "val_eps_mse"])
+    csv_log = CsvLog(out / LOG_FILE, ["step", "elapsed_s", "lr", "loss", "val_eps_mse"],
+                     resume_step=step if args.resume else None)
     budget = Budget(args.max_minutes, args.max_steps, warmup=args.warmup)
     first = step
     next_val, next_ckpt = args.val_minutes * 60.0, args.ckpt_minutes * 60.0
@@ -192,10 +201,13 @@ def run(args: argparse.Namespace, train_files, val_files, split: dict) -> dict:
         if budget.elapsed() >= next_ckpt:
             next_ckpt += args.ckpt_minutes * 60.0
             save_checkpoint(out / CKPT_FILE, model=unet.state_dict(), context=ctx.state_dict(),
-                            optimizer=opt.state_dict(), step=step, signature=signature)
+                            optimizer=opt.state_dict(), step=step, signature=signature,
+                            ema={"unet": ema_unet.state_dict(), "context": ema_ctx.state_dict()},
+                            random=random_state(sampler))
     train_seconds = budget.elapsed()
     save_checkpoint(out / CKPT_FILE, model=unet.state_dict(), context=ctx.state_dict(), optimizer=opt.state_dict(),
-                    step=step, signature=signature)
+                    step=step, signature=signature,
+                    ema={"unet": ema_unet.state_dict(), "context": ema_ctx.state_dict()}, random=random_state(sampler))
 
     model, context = ema_weights()
     raw_mse = eps_mse(unet, ctx.context.detach(), val_lat, schedule)

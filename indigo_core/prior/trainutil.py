@@ -20,6 +20,7 @@ from torch import nn
 
 from ..device import resolve_device
 from ..errors import TrainingError
+from ..io.atomic import atomic_write
 from ..io.digest import file_sha256
 
 log = logging.getLogger("indigo_core.prior.train")
@@ -62,12 +63,20 @@ class Budget:
 
 
 class CsvLog:
-    """Append rows to a CSV file (header written once); values are rounded for readability."""
+    """Append rows to a CSV file (header written once); values are rounded for readability.
 
-    def __init__(self, path: Path, fields: Iterable[str]):
+    resume_step: the step of the checkpoint a run resumes from: the rows an interrupted run logged
+    after it are dropped, so the log does not repeat those steps."""
+
+    def __init__(self, path: Path, fields: Iterable[str], resume_step: Optional[int] = None):
         self.path = Path(path)
         self.fields = list(fields)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            with self.path.open(newline="") as fh:
+                lines = fh.read().splitlines(keepends=True)
+            kept = lines[:1] + [ln for ln in lines[1:] if _leading_int(ln) is not None and _leading_int(ln) <= resume_step]
+            atomic_write(self.path, lambda fh: fh.write("".join(kept).encode()))
         new = not self.path.exists()
         self._fh = self.path.open("a", newline="")
         self._w = csv.DictWriter(self._fh, fieldnames=self.fields, extrasaction="ignore")
@@ -80,6 +89,14 @@ class CsvLog:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _leading_int(line: str) -> Optional[int]:
+    """The step (first field) of a log row; None for a partly written one."""
+    try:
+        return int(line.split(",", 1)[0]) if line.endswith("\n") else None
+    except ValueError:
+        return None
 
 
 class EMA:
@@ -100,6 +117,16 @@ class EMA:
         current = [state[k].float() for k in names]
         torch._foreach_mul_(shadow, d)
         torch._foreach_add_(shadow, current, alpha=1.0 - d)
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the average of a checkpoint (`state_dict`); its tensors must be this module's."""
+        if set(state["shadow"]) != set(self.shadow):
+            raise TrainingError("the checkpoint's EMA weights do not match the model's")
+        self.n = int(state["n"])
+        self.shadow = {k: state["shadow"][k].to(v.device, torch.float32) for k, v in self.shadow.items()}
 
     def copy_to(self, module: nn.Module) -> None:
         state = module.state_dict()
@@ -150,12 +177,29 @@ def sha256(path: Path) -> str:
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
-    """torch.save of plain state (tensors, numbers, strings) via a temp file; read back with
-    `torch.load(weights_only=True)`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save of plain state (tensors, numbers, strings) through an atomic write (temporary
+    file, fsync, rename; a failed write leaves the previous checkpoint and no partial file); read
+    back with `torch.load(weights_only=True)`."""
+    atomic_write(path, lambda fh: torch.save(state, fh))
+
+
+def random_state(sampler: Any) -> dict:
+    """The random streams a resumed run continues: the crop sampler's and torch's (CPU, CUDA)."""
+    return {"sampler": sampler.gen.get_state(), "cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_random_state(ck: dict, sampler: Any) -> None:
+    """Continue the streams saved by `random_state` (a checkpoint without them starts over, warned)."""
+    state = ck.get("random")
+    if state is None:
+        log.warning("the checkpoint records no random state (written by an earlier version): the crops and "
+                    "noise of the first steps are drawn again")
+        return
+    sampler.gen.set_state(state["sampler"].cpu())
+    torch.set_rng_state(state["cpu"].cpu())
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def run_signature(**settings: Any) -> dict:

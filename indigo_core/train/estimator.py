@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -325,6 +326,14 @@ def run(args: argparse.Namespace, opts: LoopOptions, info: DistInfo, argv) -> di
     --resume, a finished teacher is reused and each stage continues from its own checkpoint."""
     if args.teacher_lr is None:
         args.teacher_lr = args.lr
+    # Checked here, not at the student's first step: a wrong value must not cost a teacher's training.
+    for flag, value, ok, expected in (
+            ("--temperature", args.temperature, args.temperature > 0, "a number > 0"),
+            ("--gamma-weight", args.gamma_weight, args.gamma_weight >= 0, "a number >= 0"),
+            ("--teacher-lr", args.teacher_lr, args.teacher_lr > 0, "a number > 0"),
+            ("--teacher-steps", args.teacher_steps, args.teacher_steps >= 1, "an integer >= 1")):
+        if not (ok and math.isfinite(value)):
+            raise TrainingError(f"{flag}: expected {expected}, got {value}")
     out = Path(opts.out)
     t_out = out / "teacher"
     t_name = f"{opts.name}_teacher"

@@ -213,6 +213,8 @@ class LatentINNTask(Task):
             else Degrader(ranges=ranges_from_args(args, self.scale))
         if args.crops_per_image < 1:
             raise ConfigError(f"--crops-per-image: expected >= 1, got {args.crops_per_image}")
+        if args.encode_batch < 1:
+            raise ConfigError(f"--encode-batch: expected >= 1, got {args.encode_batch}")
         self.pool_size = args.crops_per_image * len(self.images.train)
 
     # -------------------------------------------------------------- set-up: VAE and the latent pool
@@ -275,8 +277,9 @@ class LatentINNTask(Task):
         try:
             tensors, meta = read_weights_file(path, CACHE_FORMAT)
         except WeightsFileError as exc:
-            log.warning("ignoring the latent cache %s (%s)", path, exc.problem)
-            return None
+            # Not a cache this trainer wrote (a typo in --latent-cache?): never encode over it.
+            raise ConfigError(f"--latent-cache {path}: expected a latent cache of this trainer or no file, "
+                              f"found another file ({exc.problem}); choose another path or remove it") from exc
         if meta.get("key") != self.cache_key:
             log.info("latent cache %s was made with other settings; encoding again", path)
             return None

@@ -488,7 +488,7 @@ def _train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str], o
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, opts))
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp == torch.float16)
 
-    step, elapsed_before, last_metrics = 0, 0.0, {}
+    step, elapsed_before, last_metrics, validated_at = 0, 0.0, {}, -1
     signature = {"kind": task.kind, "seed": opts.seed, "batch_size": opts.batch_size, "world": info.world,
                  "lr": opts.lr, "betas": list(opts.betas), "schedule": opts.schedule,
                  "warmup_steps": opts.warmup_steps, "min_lr_ratio": opts.min_lr_ratio,
@@ -513,6 +513,7 @@ def _train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str], o
         step = int(ckpt["step"])
         elapsed_before = float(ckpt["elapsed_s"])
         last_metrics = dict(ckpt.get("metrics", {}))
+        validated_at = int(ckpt.get("validated_at", -1))
         if ckpt.get("total_steps", opts.steps) != opts.steps and opts.schedule != "constant" and info.main:
             log.warning("--steps changed from %s to %d: the %s schedule's remaining learning rates change",
                         ckpt.get("total_steps"), opts.steps, opts.schedule)
@@ -547,12 +548,19 @@ def _train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str], o
     if resume_path is not None and "log_window" in ckpt:
         acc.copy_(ckpt["log_window"]["sum"])
         acc_n, window_steps = int(ckpt["log_window"]["n"]), int(ckpt["log_window"]["steps"])
-    saved_at = [-1]
+    saved_at: list[Any] = [None]
 
     def checkpoint(at: int) -> None:
-        if not info.main or saved_at[0] == at:
+        if saved_at[0] == (at, validated_at):
             return
-        saved_at[0] = at
+        # The loss is checked at logging steps only: never let a diverged model replace the last good
+        # checkpoint. The weights are the same on every rank, so every rank stops here alike.
+        if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise TrainingError(f"the weights are not finite (NaN/inf) at step {at}; the last checkpoint is kept; "
+                                f"lower --lr, enable --grad-clip, or resume from it with other settings")
+        saved_at[0] = (at, validated_at)
+        if not info.main:
+            return
         state = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": task.kind, "step": at,
             "signature": signature, "model": _unwrap(model).state_dict(),
@@ -560,6 +568,7 @@ def _train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str], o
             "scaler": scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(info.device) if info.device.type == "cuda" else None,
             "elapsed_s": elapsed_before + time.time() - started, "metrics": last_metrics,
+            "validated_at": validated_at,  # a resumed finished run does not validate (and log) again
             "total_steps": opts.steps,
             # the partly filled logging window, so rows after a resume equal the uninterrupted run's
             "log_window": {"sum": acc.detach().cpu(), "n": acc_n, "steps": window_steps},
@@ -573,9 +582,10 @@ def _train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str], o
                 old.unlink()
 
     def run_validation(at: int) -> None:
-        nonlocal last_metrics
+        nonlocal last_metrics, validated_at
         if not task.val_names:
             return
+        validated_at = at
         model.eval()
         with torch.no_grad():
             metrics = task.validate(_unwrap(model), info)
@@ -665,7 +675,7 @@ def _train(task: Task, opts: LoopOptions, info: DistInfo, argv: Sequence[str], o
 
     files: list[Path] = []
     finished = step >= opts.steps
-    if finished:
+    if finished and validated_at != step:
         run_validation(step)
     checkpoint(step)
     if finished and info.main:

@@ -186,3 +186,95 @@ def test_gpu_train_script_keeps_the_best_autoencoder_variant(photos, tmp_path) -
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = tar.getnames()
     assert sum(n.endswith("autoencoder_log.csv") for n in names) == 2 and any(n.endswith("unet_log.csv") for n in names)
+
+
+def test_stage_refuses_photos_that_would_be_copied_onto_one_file(tmp_path) -> None:
+    d = tmp_path / "photos"
+    for sub in ("a", "b"):  # six photos, one held out: at least two same-named pairs train
+        (d / sub).mkdir(parents=True)
+        for name in ("p.png", "q.png", "r.png"):
+            Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(d / sub / name)
+    from indigo_core.errors import DatasetError
+
+    with pytest.raises(DatasetError, match=r"a/([pqr]).png, b/\1.png -> train/\1.jpg"):
+        run(["stage", "--data", str(d), "--out", str(tmp_path / "staged"), "--val-fraction", "0.2"])
+    assert not (tmp_path / "staged").exists()
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    from indigo_core.prior.trainutil import save_checkpoint
+
+    path = tmp_path / "ckpt" / "unet_ckpt.pt"
+    save_checkpoint(path, step=1)
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, step=2)
+    monkeypatch.undo()
+    assert [p.name for p in path.parent.iterdir()] == ["unet_ckpt.pt"]
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_resume_continues_the_random_streams_and_the_unet_ema(photos, tmp_path, monkeypatch) -> None:
+    """A resumed run draws new crops and noise (not the first steps' again), and the UNet's exported
+    EMA goes on averaging from the checkpoint's, not from the raw weights."""
+    seen: list[torch.Tensor] = []
+    real_call = CropSampler.__call__
+
+    def recording(self, n):
+        batch = real_call(self, n)
+        seen.append(batch.clone())
+        return batch
+
+    common = ["--data", str(photos), "--val-fraction", "0.2", "--log-every", "1", "--device", "cpu",
+              "--val-minutes", "0", "--preset", "tiny", "--crop", "32", "--val-size", "32", "--batch-size", "2",
+              "--stats-crops", "2"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    monkeypatch.setattr(CropSampler, "__call__", recording)
+    run(["autoencoder", *common, "--out", str(straight), "--max-steps", "2"])
+    second_batch = seen[1]
+    run(["autoencoder", *common, "--out", str(split), "--max-steps", "1"])
+    seen.clear()
+    run(["autoencoder", *common, "--out", str(split), "--max-steps", "1", "--overwrite",
+         "--resume", str(split / "autoencoder_ckpt.pt")])
+    assert torch.equal(seen[0], second_batch)
+    monkeypatch.undo()
+
+    ae_file = straight / "indigo-prior-vae.safetensors"
+    ucommon = ["--data", str(photos), "--val-fraction", "0.2", "--log-every", "1", "--device", "cpu",
+               "--val-minutes", "0", "--autoencoder", str(ae_file), "--preset", "tiny", "--latent-size", "4",
+               "--batch-size", "2", "--scales", "1", "--no-mirror", "--samples", "1", "--sample-steps", "1",
+               "--out", str(tmp_path / "unet")]
+    run(["unet", *ucommon, "--max-steps", "1"])
+    ckpt_path = tmp_path / "unet" / "unet_ckpt.pt"
+    ck = torch.load(ckpt_path, weights_only=True)
+    assert ck["ema"]["unet"]["n"] == 1
+    # A long-settled average of zeros: after one more step the export is 0.999 x 0 + 0.001 x weights.
+    for part in ("unet", "context"):
+        ck["ema"][part]["n"] = 10**6
+        ck["ema"][part]["shadow"] = {k: torch.zeros_like(v) for k, v in ck["ema"][part]["shadow"].items()}
+    torch.save(ck, ckpt_path)
+    run(["unet", *ucommon, "--max-steps", "1", "--overwrite", "--resume", str(ckpt_path)])
+    unet, ctx, _ = load_unet(tmp_path / "unet" / "indigo-prior-unet.safetensors")
+    weights = [v for v in unet.state_dict().values() if v.is_floating_point()]
+    assert max(float(w.abs().max()) for w in weights) < 0.01 and float(ctx.abs().max()) < 0.01
+    assert torch.load(ckpt_path, weights_only=True)["ema"]["unet"]["n"] == 10**6 + 1
+
+
+def test_a_resumed_run_drops_the_log_rows_logged_after_its_checkpoint(photos, tmp_path) -> None:
+    out = tmp_path / "run"
+    common = ["--data", str(photos), "--val-fraction", "0.2", "--out", str(out), "--log-every", "1", "--device", "cpu",
+              "--val-minutes", "0", "--preset", "tiny", "--crop", "32", "--val-size", "32", "--batch-size", "2",
+              "--stats-crops", "2"]
+    run(["autoencoder", *common, "--max-steps", "2"])
+    log_file = out / "autoencoder_log.csv"
+    # The interrupted run went on logging after its checkpoint (step 2), the last row half written.
+    log_file.write_text(log_file.read_text() + "3,9,0.1,999,999,0,0,,\n4,9,0.1,99")
+    run(["autoencoder", *common, "--max-steps", "1", "--overwrite", "--resume", str(out / "autoencoder_ckpt.pt")])
+    rows = log_file.read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "1", "2", "3"] and "999" not in rows[-1]
