@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..errors import IndigoError
+from ..errors import IndigoError, TrainingError
 from .loop import AMP_MODES, SCHEDULES, LoopOptions, init_distributed, shutdown_distributed
 
 log = logging.getLogger("indigo_core.train")
@@ -176,6 +176,10 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     """Parse `argv` and train; returns the loop's summary. Raises IndigoError on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = resolve_defaults(build_parser().parse_args(argv))
+    # "0: the default" must not turn a wrong value into a run with other settings
+    for flag, value, least in (("--threads", args.threads, 0), ("--scale", args.scale, 1)):
+        if value is not None and value < least:
+            raise TrainingError(f"{flag}: expected an integer >= {least}, got {value}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     info = init_distributed(args.device)

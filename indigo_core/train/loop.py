@@ -158,8 +158,11 @@ class LoopOptions:
             raise bad(f"--lr-schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp not in AMP_MODES:
             raise bad(f"--amp: expected one of {AMP_MODES}, got {self.amp!r}")
-        if self.stop_at < 0 or self.log_every < 1 or self.ckpt_every < 0 or self.val_every < 0:
-            raise bad("--stop-at, --ckpt-every, --val-every must be >= 0 and --log-every >= 1")
+        for flag, value, least in (("--stop-at", self.stop_at, 0), ("--ckpt-every", self.ckpt_every, 0),
+                                   ("--val-every", self.val_every, 0), ("--log-every", self.log_every, 1),
+                                   ("--workers", self.workers, -1)):
+            if value < least:
+                raise bad(f"{flag}: expected >= {least}, got {value}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise bad(f"--min-lr-ratio: expected a number in [0, 1], got {self.min_lr_ratio}")
         if not all(0.0 <= b < 1.0 for b in self.betas):

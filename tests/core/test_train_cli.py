@@ -76,3 +76,20 @@ def test_help_states_every_default_once(kind, capsys):
 
     for name, value in OPTIMISER_DEFAULTS.items():
         assert helps[name].endswith(f"(default: {value})"), f"{kind} {name}: {helps[name]!r}"
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--scale", "0", "an integer >= 1"),  # was read as "the default" and trained x4
+    ("--threads", "-1", "an integer >= 0"),  # was ignored
+    ("--workers", "-5", ">= -1"),  # was taken as "auto"
+    ("--log-every", "0", ">= 1"),
+    ("--ckpt-every", "-1", ">= 0"),  # the message named four flags and no value
+])
+def test_out_of_range_integers_are_refused_by_name_before_any_work(flag, value, expected, tmp_path):
+    from indigo_core.errors import TrainingError
+
+    out = tmp_path / "out"
+    argv = ["restorer", "--data", str(tmp_path / "none"), "--out", str(out), "--steps", "1", flag, value]
+    with pytest.raises(TrainingError, match=rf"^{flag}: expected {re.escape(expected)}, got {value}$"):
+        run(argv)
+    assert not out.exists()
