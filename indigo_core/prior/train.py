@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..argtypes import fraction, non_negative, non_negative_int, positive, positive_int
-from ..errors import DatasetError, IndigoError
+from ..errors import DatasetError, IndigoError, TrainingError
 from .data import VAL_FRACTION, photo_split, split_record, write_json
 
 log = logging.getLogger("indigo_core.prior.train")
+
+#: What `stage` writes into its --out.
+STAGED = ("train", "val", "split.json")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -62,11 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--val-fraction", type=fraction, default=VAL_FRACTION)
     p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p = sub.add_parser("stage", help="copy a photo folder, split, into train/ (JPEG q95) and val/ (as is)")
     p.add_argument("--data", required=True)
     p.add_argument("--val-fraction", type=fraction, default=VAL_FRACTION)
     p.add_argument("--out", required=True, help="folder to create (train/, val/, split.json)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality of the training copies")
+    p.add_argument("--overwrite", action="store_true",
+                   help="stage again into an --out that holds an earlier staging (its train/, val/ and "
+                        "split.json are removed first, so no photo of the old split stays behind)")
     return parser
 
 
@@ -108,6 +115,14 @@ def stage(args: argparse.Namespace) -> dict:
         detail = "; ".join(f"{', '.join(srcs)} -> {t}" for t, srcs in list(clash.items())[:5])
         raise DatasetError(f"stage: photos of {args.data} would be copied onto one file ({detail}); "
                            f"expected distinct file stems, rename them")
+    # Staging into an earlier staging would leave its copies behind: a photo now held out for
+    # validation could stay in train/ from a split with another --val-fraction.
+    earlier = [n for n in STAGED if (out / n).exists()]
+    if earlier and not args.overwrite:
+        raise TrainingError(f"stage: {out} already holds {earlier}; pass --overwrite to stage again (they are "
+                            f"removed first) or choose another --out")
+    for n in earlier:
+        shutil.rmtree(out / n) if (out / n).is_dir() else (out / n).unlink()
     for sub in ("train", "val"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for f in train:
@@ -124,6 +139,8 @@ def stage(args: argparse.Namespace) -> dict:
 def run(argv: Optional[Sequence[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.command == "split":
+        if Path(args.out).exists() and not args.overwrite:
+            raise TrainingError(f"split: {args.out} exists; pass --overwrite to replace it or choose another --out")
         train, val = photo_split(args.data, args.val_fraction)
         record = split_record(args.data, train, val, args.val_fraction)
         write_json(Path(args.out), record)

@@ -188,6 +188,31 @@ def test_gpu_train_script_keeps_the_best_autoencoder_variant(photos, tmp_path) -
     assert sum(n.endswith("autoencoder_log.csv") for n in names) == 2 and any(n.endswith("unet_log.csv") for n in names)
 
 
+def test_split_and_stage_never_write_over_an_earlier_one_unasked(photos, tmp_path) -> None:
+    """Staging again with another --val-fraction used to leave the old split's copies in train/:
+    a photo now held out for validation stayed among the training photos."""
+    staged = tmp_path / "staged"
+    run(["stage", "--data", str(photos), "--out", str(staged), "--val-fraction", "0.1"])
+    with pytest.raises(TrainingError, match=r"stage: .*staged already holds \['train', 'val', 'split.json'\]; "
+                                            r"pass --overwrite"):
+        run(["stage", "--data", str(photos), "--out", str(staged), "--val-fraction", "0.3"])
+    assert len(list((staged / "train").iterdir())) == 9  # untouched
+    (staged / "notes.txt").write_text("mine")
+    run(["stage", "--data", str(photos), "--out", str(staged), "--val-fraction", "0.3", "--overwrite"])
+    train, val = photo_split(photos, 0.3)
+    assert sorted(p.name for p in (staged / "val").iterdir()) == sorted(p.name for p in val)
+    assert sorted(p.stem for p in (staged / "train").iterdir()) == sorted(p.stem for p in train)
+    assert not {p.stem for p in val} & {p.stem for p in (staged / "train").iterdir()}
+    assert (staged / "notes.txt").read_text() == "mine"  # only what staging writes is replaced
+    split = tmp_path / "split.json"
+    split.write_text("{}")
+    with pytest.raises(TrainingError, match=r"split: .*split.json exists; pass --overwrite"):
+        run(["split", "--data", str(photos), "--out", str(split)])
+    assert split.read_text() == "{}"
+    run(["split", "--data", str(photos), "--out", str(split), "--overwrite"])
+    assert json.loads(split.read_text())["n_val"] == 1
+
+
 def test_stage_refuses_photos_that_would_be_copied_onto_one_file(tmp_path) -> None:
     d = tmp_path / "photos"
     for sub in ("a", "b"):  # six photos, one held out: at least two same-named pairs train
