@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..checks import is_integral
 from ..errors import ConfigError, ShapeError
 from .checks import check_image
 
@@ -35,7 +36,7 @@ def _qualities(quality, n: int) -> list[int]:
         raise ShapeError(f"jpeg: expected {n} qualities (one per image), got {len(quality)}")
     out = []
     for q in quality:
-        if isinstance(q, bool) or not isinstance(q, numbers.Real) or int(q) != q or not 1 <= int(q) <= 100:
+        if not is_integral(q) or not 1 <= int(q) <= 100:
             raise ConfigError(f"jpeg quality: expected an integer in 1..100, got {q!r}")
         out.append(int(q))
     return out

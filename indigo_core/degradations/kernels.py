@@ -9,11 +9,11 @@ Sigmas are in pixels of the high-resolution image x.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
+from ..checks import is_finite, is_integral
 from ..errors import ConfigError, ShapeError
 from .checks import check_image
 
@@ -28,13 +28,13 @@ def default_kernel_size(sigma: float, sigma_y: float | None = None) -> int:
 
 
 def _check_sigma(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+    if not is_finite(value) or value <= 0:
         raise ConfigError(f"{name}: expected a finite blur sigma > 0 (pixels), got {value!r}")
     return float(value)
 
 
 def _check_size(size) -> int:
-    if isinstance(size, bool) or not isinstance(size, numbers.Real) or int(size) != size or size < 1 or size % 2 == 0:
+    if not is_integral(size) or size < 1 or size % 2 == 0:
         raise ConfigError(f"kernel size: expected an odd integer >= 1, got {size!r}")
     return int(size)
 
@@ -56,7 +56,7 @@ def gaussian_kernel(sigma: float, sigma_y: float | None = None, theta: float = 0
     """
     sx = _check_sigma("sigma", sigma)
     sy = sx if sigma_y is None else _check_sigma("sigma_y", sigma_y)
-    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not math.isfinite(theta):
+    if not is_finite(theta):
         raise ConfigError(f"theta: expected a finite angle in radians, got {theta!r}")
     size = default_kernel_size(sx, sy) if size is None else _check_size(size)
     r = (size - 1) / 2.0

@@ -7,18 +7,17 @@ noise on every device. Noise is independent per pixel and per channel (colour no
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-from ..errors import ConfigError, InputValueError, ShapeError
+from ..checks import check_int, is_finite, is_int
+from ..errors import ConfigError, ShapeError
+from .checks import check_float
 
 __all__ = ["gaussian_noise", "add_gaussian_noise"]
 
 
 def _check_level(level) -> None:
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not math.isfinite(level) or level < 0:
+    if not is_finite(level) or level < 0:
         raise ConfigError(f"noise level: expected a finite value >= 0 on the 0..255 scale, got {level!r}")
 
 
@@ -28,10 +27,8 @@ def gaussian_noise(shape: tuple[int, ...], level: float, seed: int, *,
     """Noise of std level/255 and the given shape; deterministic in `seed` (an int >= 0)."""
     _check_level(level)
     level = float(level)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ConfigError(f"noise seed: expected an integer >= 0, got {seed!r}")
-    if not (isinstance(shape, (tuple, list, torch.Size)) and all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0 for d in shape)):
+    check_int("noise seed", seed, 0)
+    if not (isinstance(shape, (tuple, list, torch.Size)) and all(is_int(d) and d >= 0 for d in shape)):
         raise ShapeError(f"noise: expected a shape of integers >= 0, got {shape!r}")
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))
@@ -46,9 +43,8 @@ def add_gaussian_noise(x: torch.Tensor, level: float, seed: int) -> torch.Tensor
         raise ShapeError(f"noise: expected x as a torch.Tensor (..., H, W), got {type(x).__name__}")
     if x.ndim < 2:
         raise ShapeError(f"noise: expected an image tensor (..., H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        # noise cast to an integer dtype would round to zero: x would come back unchanged
-        raise InputValueError(f"noise: expected a floating-point image in [0,1], got dtype {x.dtype}")
+    # noise cast to an integer dtype would round to zero: x would come back unchanged
+    check_float(x, "noise", hint=False)
     _check_level(level)
     if float(level) == 0.0:
         return x

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from ..checks import check_int, is_finite, is_int, is_integral, is_real
 from ..errors import ConfigError, InputValueError, ShapeError
+from .checks import check_batch, check_float
 from .jpeg import jpeg_differentiable, jpeg_real
 from .kernels import blur, blur_separable, default_kernel_size, gaussian_kernel, gaussian_kernel_1d
 from .noise import add_gaussian_noise
@@ -73,30 +74,24 @@ class DegradationParams:
         def bad(field, expected, got):
             raise ConfigError(f"DegradationParams.{field}: expected {expected}, got {got!r}")
 
-        def finite(v) -> bool:  # a real number (not a bool, str, None or tensor) that is finite
-            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-        def integral(v) -> bool:
-            return finite(v) and int(v) == v
-
-        if not (finite(self.blur_sigma) and self.blur_sigma > 0):
+        if not (is_finite(self.blur_sigma) and self.blur_sigma > 0):
             bad("blur_sigma", "a finite float > 0", self.blur_sigma)
-        if self.blur_sigma_y is not None and not (finite(self.blur_sigma_y) and self.blur_sigma_y > 0):
+        if self.blur_sigma_y is not None and not (is_finite(self.blur_sigma_y) and self.blur_sigma_y > 0):
             bad("blur_sigma_y", "None or a finite float > 0", self.blur_sigma_y)
-        if not finite(self.blur_theta):
+        if not is_finite(self.blur_theta):
             bad("blur_theta", "a finite angle in radians", self.blur_theta)
-        if not (finite(self.noise_level) and self.noise_level >= 0):
+        if not (is_finite(self.noise_level) and self.noise_level >= 0):
             bad("noise_level", "a finite float >= 0 (0..255 scale)", self.noise_level)
-        if self.jpeg_quality is not None and not (integral(self.jpeg_quality) and 1 <= self.jpeg_quality <= 100):
+        if self.jpeg_quality is not None and not (is_integral(self.jpeg_quality) and 1 <= self.jpeg_quality <= 100):
             bad("jpeg_quality", "None or an integer in 1..100", self.jpeg_quality)
-        if not (integral(self.scale) and self.scale >= 1):
+        if not (is_integral(self.scale) and self.scale >= 1):
             bad("scale", "an integer >= 1", self.scale)
-        if self.kernel_size is not None and not (integral(self.kernel_size) and self.kernel_size >= 1
+        if self.kernel_size is not None and not (is_integral(self.kernel_size) and self.kernel_size >= 1
                                                  and self.kernel_size % 2 == 1):
             bad("kernel_size", "None or an odd integer >= 1", self.kernel_size)
         if self.resize not in RESIZE_MODES:
             bad("resize", f"one of {RESIZE_MODES}", self.resize)
-        if self.noise_seed is not None and not (integral(self.noise_seed) and self.noise_seed >= 0):
+        if self.noise_seed is not None and not (is_integral(self.noise_seed) and self.noise_seed >= 0):
             bad("noise_seed", "None or an integer >= 0", self.noise_seed)
 
     @property
@@ -174,12 +169,11 @@ class DegradationRanges:
         for name in ("blur_sigma", "noise_level", "jpeg_quality"):
             v = getattr(self, name)
             if not (isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
-                    and all(isinstance(e, numbers.Real) and not isinstance(e, bool) and math.isfinite(e) for e in v)):
+                    and all(is_finite(e) for e in v)):
                 raise ConfigError(f"DegradationRanges.{name}: expected a (low, high) pair of finite numbers, got {v!r}")
         if not all(int(q) == q for q in self.jpeg_quality):
             raise ConfigError(f"DegradationRanges.jpeg_quality: expected integer qualities, got {self.jpeg_quality}")
-        if not (isinstance(self.scale, numbers.Integral) and not isinstance(self.scale, bool) and self.scale >= 1):
-            raise ConfigError(f"DegradationRanges.scale: expected an integer >= 1, got {self.scale!r}")
+        check_int("DegradationRanges.scale", self.scale, 1)
         lo, hi = self.blur_sigma
         if not 0 < lo <= hi:
             raise ConfigError(f"DegradationRanges.blur_sigma: expected 0 < low <= high, got {self.blur_sigma}")
@@ -191,7 +185,7 @@ class DegradationRanges:
             raise ConfigError(f"DegradationRanges.jpeg_quality: expected 1 <= low <= high <= 100, got {self.jpeg_quality}")
         for name in ("anisotropic_prob", "jpeg_prob"):
             p = getattr(self, name)
-            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            if not is_real(p) or not 0 <= p <= 1:
                 raise ConfigError(f"DegradationRanges.{name}: expected a probability in [0,1], got {p!r}")
         if not self.resize_modes or any(m not in RESIZE_MODES for m in self.resize_modes):
             raise ConfigError(f"DegradationRanges.resize_modes: expected a non-empty subset of {RESIZE_MODES}, "
@@ -204,7 +198,7 @@ TRAINING_RANGES = DegradationRanges()
 def _make_generator(generator: torch.Generator | int | None) -> torch.Generator:
     if isinstance(generator, torch.Generator):
         return generator
-    if generator is not None and (isinstance(generator, bool) or not isinstance(generator, numbers.Integral)):
+    if generator is not None and not is_int(generator):
         raise ConfigError(f"generator: expected a torch.Generator, an integer seed or None, got {generator!r}")
     g = torch.Generator(device="cpu")
     if generator is None:
@@ -226,7 +220,7 @@ def sample_params(n: int, generator: torch.Generator | int | None = None,
                   ranges: DegradationRanges = TRAINING_RANGES) -> list[DegradationParams]:
     """n random DegradationParams from `ranges`, each resolved (kernel size, noise seed).
     generator: a CPU torch.Generator, an int seed, or None (fresh entropy)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+    if not is_int(n) or n < 0:
         raise ConfigError(f"sample_params: expected n an integer >= 0, got {n!r}")
     _check_ranges(ranges, "sample_params")
     g = _make_generator(generator)
@@ -305,12 +299,8 @@ def degrade(x: torch.Tensor,
     Returns (y of shape (B,C,H//s,W//s), dtype/device of x, and the list of B params actually used,
     each with kernel_size and noise_seed filled in). All images of a batch must share s.
     """
-    if not isinstance(x, torch.Tensor):
-        raise ShapeError(f"degrade: expected x as a torch.Tensor of shape (B,C,H,W), got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ShapeError(f"degrade: expected x of shape (B,C,H,W), got {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise InputValueError(f"degrade: expected a floating-point image in [0,1], got dtype {x.dtype}")
+    check_batch(x, "degrade")
+    check_float(x, "degrade", hint=False)  # H, W >= s is checked below, with the scale in the message
     if jpeg not in JPEG_MODES:
         raise ConfigError(f"degrade: jpeg expected one of {JPEG_MODES}, got {jpeg!r}")
     _check_ranges(ranges, "degrade")

@@ -8,11 +8,10 @@ dropped (cropped before resizing) so that every output pixel sees a whole s x s 
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
+from ..checks import is_int, is_integral
 from ..errors import ConfigError, ShapeError
 from .checks import check_image
 
@@ -27,16 +26,12 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def resize_to(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
     """Resize x (B,C,H,W) to (B,C,*size). Bicubic is antialiased when shrinking; values are not
     clamped (bicubic may overshoot [0,1] slightly). Differentiable; dtype/device follow x."""
     check_image(x, "resize")
     _check_mode(mode)
-    if not (isinstance(size, (tuple, list, torch.Size)) and len(size) == 2 and all(_is_int(v) for v in size)):
+    if not (isinstance(size, (tuple, list, torch.Size)) and len(size) == 2 and all(is_int(v) for v in size)):
         raise ShapeError(f"resize: expected size as a pair of integers (H, W), got {size!r}")
     h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
@@ -55,7 +50,7 @@ def resize_to(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> 
 def downsample(x: torch.Tensor, scale: int, mode: str = "bicubic") -> torch.Tensor:
     """Downsample x (B,C,H,W) by the integer factor `scale` to exactly (B,C,H//scale,W//scale)."""
     check_image(x, "downsample")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or int(scale) != scale or scale < 1:
+    if not is_integral(scale) or scale < 1:
         raise ConfigError(f"downsample: expected an integer scale >= 1, got {scale!r}")
     s = int(scale)
     h, w = x.shape[-2:]

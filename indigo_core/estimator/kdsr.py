@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_int, is_bchw, shape_or_type, spatial_at_least
 from ..errors import ConfigError, ConfigTypeError, ShapeError, WeightsFileError
 from ..inn.inputs import check_float_input
 from ..io.safe_pickle import load_state_dict_file
@@ -54,10 +55,7 @@ class EstimatorConfig:
         if self.role not in ROLES:
             raise ConfigError(f"EstimatorConfig.role: expected one of {ROLES}, got {self.role!r}")
         for f in ("width", "n_res", "emb_dim", "scale"):
-            v = getattr(self, f)
-            least = 0 if f == "n_res" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < least:
-                raise ConfigError(f"EstimatorConfig.{f}: expected an integer >= {least}, got {v!r}")
+            check_int(f"EstimatorConfig.{f}", getattr(self, f), 0 if f == "n_res" else 1, python_int=True)
 
     @property
     def in_channels(self) -> int:
@@ -133,9 +131,8 @@ class DegradationEstimator(nn.Module):
         self.compress = nn.Sequential(nn.Linear(4 * w, cfg.emb_dim), nn.LeakyReLU(0.1))
 
     def _check(self, y: Tensor, what: str = "y", channels: int = 3) -> None:
-        if not isinstance(y, Tensor) or y.dim() != 4 or y.shape[1] != channels or min(y.shape[-2:]) < 1:
-            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-            raise ShapeError(f"DegradationEstimator: expected {what} of shape (B,{channels},h,w), got {got}")
+        if not is_bchw(y, channels) or not spatial_at_least(y):
+            raise ShapeError(f"DegradationEstimator: expected {what} of shape (B,{channels},h,w), got {shape_or_type(y)}")
         check_float_input(y, self, type(self).__name__, what)
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import is_bchw
 from ..errors import ConfigError, DomainError, InputValueError, ShapeError
 from .accel import CompiledINN
 from .autoencoder import Autoencoder, ae_encode
@@ -85,7 +86,7 @@ def _check_finite(x: Tensor, name: str) -> None:
 
 
 def _check_image(x: Tensor, name: str, batch: int) -> None:
-    if x.dim() != 4 or x.shape[1] != 3:
+    if not is_bchw(x, 3):
         hint = " (ComfyUI IMAGEs are (B,H,W,3): permute to (B,3,H,W))" if x.dim() == 4 and x.shape[-1] == 3 else ""
         raise ShapeError(f"{name}: expected (B,3,H,W), got {tuple(x.shape)}{hint}")
     if x.shape[0] not in (1, batch):

@@ -55,6 +55,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..checks import is_py_int
 from ..errors import ConfigError
 from .schedule import Schedule
 
@@ -159,8 +160,7 @@ class GuidanceSettings:
         o = "GuidanceSettings"
         _choice(o, "mode", self.mode, MODES)
         _number(o, "zeta", self.zeta, 0.0, 1.0)
-        if isinstance(self.latent_iterations, bool) or not isinstance(self.latent_iterations, int) \
-                or not 1 <= self.latent_iterations <= 100:
+        if not is_py_int(self.latent_iterations) or not 1 <= self.latent_iterations <= 100:
             raise ConfigError(f"{o}.latent_iterations: expected an integer in [1, 100], got {self.latent_iterations!r}")
         _number(o, "w_dc", self.w_dc, 0.0)
         _number(o, "w_p", self.w_p, 0.0)

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..checks import uint8_hint
 from ..errors import ShapeError
 
 
@@ -39,7 +40,7 @@ def check_float_input(x: Tensor, module: nn.Module, who: str, what: str) -> None
     layers would otherwise fail with torch's "Input type ... and bias type ..." error)."""
     if not x.is_floating_point():
         raise ShapeError(f"{who}: expected {what} as a floating-point tensor, got dtype {x.dtype}"
-                         + (" (convert 8-bit images with x.float() / 255)" if x.dtype == torch.uint8 else ""))
+                         + uint8_hint(x.dtype))
     want = model_dtype(module)
     if want is not None and x.dtype != want and not autocast_on(x.device.type):
         raise ShapeError(f"{who}: expected {what} of the model's dtype {want}, got {x.dtype} "

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import is_bchw, shape_or_type
 from ..errors import ConfigTypeError, ShapeError
 from .config import INNConfig
 from .inputs import autocast_on, check_float_input
@@ -73,9 +74,8 @@ class WaveletINN(nn.Module):
     # ------------------------------------------------------------------ validation
     def _check_x(self, x: Tensor) -> None:
         cfg = self.config
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ShapeError(f"WaveletINN: expected x of shape (B,{cfg.channels},H,W), got {got}")
+        if not is_bchw(x):
+            raise ShapeError(f"WaveletINN: expected x of shape (B,{cfg.channels},H,W), got {shape_or_type(x)}")
         if x.shape[1] != cfg.channels:
             raise ShapeError(
                 f"WaveletINN ({cfg.domain}): expected {cfg.channels} channels, got {x.shape[1]} "
@@ -95,8 +95,7 @@ class WaveletINN(nn.Module):
             return None
         e = self.config.emb_dim
         if not isinstance(degradation, Tensor) or degradation.dim() != 2 or degradation.shape[1] != e:
-            got = tuple(degradation.shape) if isinstance(degradation, Tensor) else type(degradation).__name__
-            raise ShapeError(f"WaveletINN: expected degradation of shape (B,{e}), got {got}")
+            raise ShapeError(f"WaveletINN: expected degradation of shape (B,{e}), got {shape_or_type(degradation)}")
         b = ref.shape[0]
         if degradation.shape[0] not in (1, b):
             raise ShapeError(f"WaveletINN: degradation batch {degradation.shape[0]} does not match input batch {b}")
@@ -145,9 +144,9 @@ class WaveletINN(nn.Module):
 
     def _check_inverse_inputs(self, coarse: Tensor, details: Sequence[Tensor]) -> None:
         cfg = self.config
-        if not isinstance(coarse, Tensor) or coarse.dim() != 4 or coarse.shape[1] != cfg.channels:
-            got = tuple(coarse.shape) if isinstance(coarse, Tensor) else type(coarse).__name__
-            raise ShapeError(f"WaveletINN.inverse: expected coarse of shape (B,{cfg.channels},h,w), got {got}")
+        if not is_bchw(coarse, cfg.channels):
+            raise ShapeError(f"WaveletINN.inverse: expected coarse of shape (B,{cfg.channels},h,w), "
+                             f"got {shape_or_type(coarse)}")
         if not isinstance(details, (list, tuple)) or len(details) != cfg.levels:
             n = len(details) if isinstance(details, (list, tuple)) else type(details).__name__
             raise ShapeError(f"WaveletINN.inverse: expected a list of {cfg.levels} detail tensors, got {n}")
@@ -161,8 +160,7 @@ class WaveletINN(nn.Module):
             want = (b, 3 * cfg.channels, h * f ** k, w * f ** k)
             d = details[level]
             if not isinstance(d, Tensor) or tuple(d.shape) != want:
-                got = tuple(d.shape) if isinstance(d, Tensor) else type(d).__name__
-                raise ShapeError(f"WaveletINN.inverse: expected details[{level}] of shape {want}, got {got}")
+                raise ShapeError(f"WaveletINN.inverse: expected details[{level}] of shape {want}, got {shape_or_type(d)}")
             if d.dtype != coarse.dtype and not autocast_on(d.device.type):
                 raise ShapeError(f"WaveletINN.inverse: expected details[{level}] of coarse's dtype {coarse.dtype}, "
                                  f"got {d.dtype}")

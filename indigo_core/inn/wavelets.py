@@ -64,12 +64,15 @@ def _haar_filters() -> Tensor:
     return (0.5 * f).unsqueeze(1)
 
 
-def _check_even(x: Tensor, what: str) -> None:
+def _check_even(x: Tensor, what: str, channels: int) -> None:
+    """x must be (B,channels,H,W) with H and W even and non-zero (the decimating splits)."""
     if x.dim() != 4:
         raise ShapeError(f"{what}: expected a (B,C,H,W) tensor, got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
     if h % 2 or w % 2 or h == 0 or w == 0:
         raise ShapeError(f"{what}: expected even, non-zero H and W, got {h}x{w}")
+    if x.shape[1] != channels:
+        raise ShapeError(f"{what}: expected {channels} channels, got {x.shape[1]}")
 
 
 def _bands_to_detail(bands: Tensor) -> Tensor:
@@ -157,9 +160,7 @@ class HaarSplit(Split):
 
     def dwt2(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Orthonormal Haar (PyWavelets convention): (B,C,H,W) -> LL (B,C,H/2,W/2), bands (B,C,3,H/2,W/2)."""
-        _check_even(x, "Haar split")
-        if x.shape[1] != self.channels:
-            raise ShapeError(f"Haar split: expected {self.channels} channels, got {x.shape[1]}")
+        _check_even(x, "Haar split", self.channels)
         if self.backend == "pytorch_wavelets":
             ll, yh = self.dwt(x)
             return ll, yh[0]
@@ -230,9 +231,7 @@ class LazySplit(Split):
     [x[1::2, ::2] (odd rows), x[::2, 1::2] (odd columns), x[1::2, 1::2]]. H and W must be even."""
 
     def split(self, x: Tensor, level: int = 0) -> tuple[Tensor, Tensor]:
-        _check_even(x, "lazy split")
-        if x.shape[1] != self.channels:
-            raise ShapeError(f"lazy split: expected {self.channels} channels, got {x.shape[1]}")
+        _check_even(x, "lazy split", self.channels)
         b, c, h, w = x.shape
         phases = F.pixel_unshuffle(x, 2).reshape(b, c, 4, h // 2, w // 2)  # phase = 2*row + col
         detail = torch.stack([phases[:, :, 2], phases[:, :, 1], phases[:, :, 3]], dim=2)

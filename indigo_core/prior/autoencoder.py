@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_int, is_py_int
 from ..errors import ConfigError, ConfigTypeError
-from .base import (SD_SCALE_FACTOR, AutoencoderBase, check_dropout, check_int, check_scale_factor, config_from_dict,
-                   int_tuple)
+from .base import SD_SCALE_FACTOR, AutoencoderBase, check_dropout, check_scale_factor, config_from_dict, int_tuple
 
 
 
@@ -56,12 +56,12 @@ class AutoencoderConfig:
         object.__setattr__(self, "ch_mult", int_tuple(name, "ch_mult", self.ch_mult, 1))
         object.__setattr__(self, "attn_resolutions", int_tuple(name, "attn_resolutions", self.attn_resolutions, 1))
         for f in ("num_res_blocks", "resolution", "in_channels", "out_ch", "z_channels", "embed_dim"):
-            check_int(name, f, getattr(self, f), 1)
+            check_int(f"{name}.{f}", getattr(self, f), 1)
         if not isinstance(self.double_z, bool):
             raise ConfigError(f"AutoencoderConfig.double_z: expected a bool, got {self.double_z!r}")
         check_dropout(name, self.dropout)
         check_scale_factor(name, self.scale_factor)
-        if isinstance(self.ch, bool) or not isinstance(self.ch, int) or self.ch <= 0 or self.ch % 32:
+        if not is_py_int(self.ch) or self.ch <= 0 or self.ch % 32:
             raise ConfigError(f"AutoencoderConfig.ch: expected a positive multiple of 32 (GroupNorm(32)), got {self.ch!r}")
         if len(self.ch_mult) < 1 or any(m <= 0 for m in self.ch_mult):
             raise ConfigError(f"AutoencoderConfig.ch_mult: expected positive multipliers, got {self.ch_mult}")

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..checks import is_bchw, is_finite, is_integral, is_real, shape_or_type, spatial_at_least
 from ..errors import ConfigError, ShapeError
 from ..inn.inputs import check_float_input
 
@@ -18,36 +17,25 @@ from ..inn.inputs import check_float_input
 SD_SCALE_FACTOR = 0.18215
 
 
-def is_int(v: Any) -> bool:
-    """An integer (Python or numpy), not a bool."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def check_int(cls_name: str, field: str, value: Any, minimum: int) -> None:
-    """ConfigError unless value is an integer >= minimum."""
-    if not is_int(value) or value < minimum:
-        raise ConfigError(f"{cls_name}.{field}: expected an integer >= {minimum}, got {value!r}")
-
-
 def int_tuple(cls_name: str, field: str, value: Any, minimum: int) -> tuple:
     """value as a tuple of integers >= minimum (a list or tuple of them; 2.0 is taken, 2.5 is not)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
         raise ConfigError(f"{cls_name}.{field}: expected a list of integers >= {minimum}, got {value!r}")
     out = []
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or int(v) != v or v < minimum:
+        if not is_integral(v) or v < minimum:
             raise ConfigError(f"{cls_name}.{field}: expected a list of integers >= {minimum}, got {value!r}")
         out.append(int(v))
     return tuple(out)
 
 
 def check_scale_factor(cls_name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not value > 0:
+    if not is_finite(value) or not value > 0:
         raise ConfigError(f"{cls_name}.scale_factor: expected a finite number > 0, got {value!r}")
 
 
 def check_dropout(cls_name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+    if not is_real(value) or not 0 <= value < 1:
         raise ConfigError(f"{cls_name}.dropout: expected a probability in [0, 1), got {value!r}")
 
 
@@ -81,9 +69,8 @@ class AutoencoderBase(nn.Module):
 
     def _check_image(self, x: Tensor, method: str = "encode") -> None:
         who, c = f"{type(self).__name__}.{method}", self.cfg.in_channels
-        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != c:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ShapeError(f"{who}: expected an image (B,{c},H,W), got {got}")
+        if not is_bchw(x, c):
+            raise ShapeError(f"{who}: expected an image (B,{c},H,W), got {shape_or_type(x)}")
         d = self.downscale
         if x.shape[-2] % d or x.shape[-1] % d or x.shape[-2] == 0 or x.shape[-1] == 0:
             raise ShapeError(f"{who}: expected H and W multiples of {d} (and >= {d}), got {tuple(x.shape[-2:])}")
@@ -91,10 +78,9 @@ class AutoencoderBase(nn.Module):
 
     def _check_latent(self, z: Tensor, method: str = "decode") -> None:
         who, c = f"{type(self).__name__}.{method}", self.latent_channels
-        if not isinstance(z, Tensor) or z.ndim != 4 or z.shape[1] != c:
-            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-            raise ShapeError(f"{who}: expected a latent (B,{c},h,w), got {got}")
-        if z.shape[-2] < 1 or z.shape[-1] < 1:
+        if not is_bchw(z, c):
+            raise ShapeError(f"{who}: expected a latent (B,{c},h,w), got {shape_or_type(z)}")
+        if not spatial_at_least(z):
             raise ShapeError(f"{who}: expected a latent with h and w >= 1, got {tuple(z.shape[-2:])}")
         check_float_input(z, self, who, "the latent")
 
@@ -121,8 +107,7 @@ class AutoencoderBase(nn.Module):
                 or not bool(torch.isfinite(mean_t).all()) or not bool(torch.isfinite(std_t).all())):
             raise ConfigError(f"normalise_latents: expected {c} finite means and {c} finite positive stds, "
                               f"got {mean_t.tolist()}, {std_t.tolist()}")
-        if target_std is not None and (isinstance(target_std, bool) or not isinstance(target_std, numbers.Real)
-                                       or not math.isfinite(target_std) or not target_std > 0):
+        if target_std is not None and (not is_finite(target_std) or not target_std > 0):
             raise ConfigError(f"normalise_latents: expected target_std None or a finite number > 0, got {target_std!r}")
         target = 1.0 / self.scale_factor if target_std is None else float(target_std)
         return mean_t, target / std_t

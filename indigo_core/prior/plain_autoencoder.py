@@ -23,8 +23,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_int
 from ..errors import ConfigError, ConfigTypeError
-from .base import SD_SCALE_FACTOR, AutoencoderBase, check_int, check_scale_factor, config_from_dict, int_tuple
+from .base import SD_SCALE_FACTOR, AutoencoderBase, check_scale_factor, config_from_dict, int_tuple
 
 FAMILY = "plain"
 
@@ -46,8 +47,8 @@ class PlainAutoencoderConfig:
         name = "PlainAutoencoderConfig"
         object.__setattr__(self, "widths", int_tuple(name, "widths", self.widths, 1))
         object.__setattr__(self, "blocks", int_tuple(name, "blocks", self.blocks, 0))
-        check_int(name, "latent_channels", self.latent_channels, 1)
-        check_int(name, "in_channels", self.in_channels, 1)
+        check_int(f"{name}.latent_channels", self.latent_channels, 1)
+        check_int(f"{name}.in_channels", self.in_channels, 1)
         check_scale_factor(name, self.scale_factor)
         if self.family != FAMILY:
             raise ConfigError(f"PlainAutoencoderConfig.family: expected {FAMILY!r}, got {self.family!r}")

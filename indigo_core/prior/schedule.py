@@ -10,13 +10,12 @@ sigma, as ComfyUI's ModelSamplingDiscrete does.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from ..checks import is_bchw, is_finite, is_int, shape_or_type
 from ..errors import ConfigError, ShapeError
 
 LINEAR_START = 0.00085
@@ -29,15 +28,20 @@ def sd_betas(timesteps: int = TIMESTEPS, linear_start: float = LINEAR_START, lin
     return torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
 
 
+def _check_float_latent(x: Tensor, who: str, name: str) -> None:
+    if not is_bchw(x) or not x.is_floating_point():
+        raise ShapeError(f"{who}: expected {name} as a floating-point latent (B,C,h,w), "
+                         f"got {shape_or_type(x, with_dtype=True)}")
+
+
 class DiscreteSchedule:
     """alpha_bar and sigma tables of a discrete DDPM schedule (float64 on the CPU; moved on use)."""
 
     def __init__(self, betas: Tensor | None = None):
         if betas is not None:
             if not isinstance(betas, Tensor) or betas.ndim != 1 or betas.numel() < 1 or not betas.is_floating_point():
-                got = (f"{tuple(betas.shape)} {betas.dtype}" if isinstance(betas, Tensor) else type(betas).__name__)
                 raise ConfigError(f"DiscreteSchedule: expected betas as a 1-D floating-point tensor (T,) with T >= 1, "
-                                  f"got {got}")
+                                  f"got {shape_or_type(betas, with_dtype=True)}")
             if not bool(((betas > 0) & (betas < 1)).all()):
                 raise ConfigError(f"DiscreteSchedule: expected every beta in (0, 1), got values in "
                                   f"[{float(betas.min())}, {float(betas.max())}]")
@@ -66,18 +70,15 @@ class DiscreteSchedule:
 
     def _check_add_noise(self, z0: Tensor, t: Tensor, noise: Tensor) -> None:
         # shapes and dtypes only; the range of t is checked where that needs no device sync (CPU)
-        if not isinstance(z0, Tensor) or z0.ndim != 4 or not z0.is_floating_point():
-            got = f"{tuple(z0.shape)} {z0.dtype}" if isinstance(z0, Tensor) else type(z0).__name__
-            raise ShapeError(f"add_noise: expected z0 as a floating-point latent (B,C,h,w), got {got}")
+        _check_float_latent(z0, "add_noise", "z0")
         if not isinstance(noise, Tensor) or noise.shape != z0.shape:
-            got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
-            raise ShapeError(f"add_noise: expected noise of z0's shape {tuple(z0.shape)}, got {got}")
+            raise ShapeError(f"add_noise: expected noise of z0's shape {tuple(z0.shape)}, got {shape_or_type(noise)}")
         b, n = z0.shape[0], self.num_timesteps
-        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        if is_int(t):
             t = torch.tensor(t)
         if not isinstance(t, Tensor) or t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, b)):
-            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ShapeError(f"add_noise: expected t as integer timesteps of shape ({b},), (1,) or (), got {got}")
+            raise ShapeError(f"add_noise: expected t as integer timesteps of shape ({b},), (1,) or (), "
+                             f"got {shape_or_type(t)}")
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise ShapeError(f"add_noise: expected integer timesteps in [0, {n - 1}] (e.g. torch.randint(0, {n}, "
                              f"({b},))), got dtype {t.dtype}")
@@ -93,9 +94,9 @@ class DiscreteSchedule:
 
     def karras_sigmas(self, steps: int, rho: float = 7.0) -> Tensor:
         """(steps+1,) decreasing sigmas from sigma_max to sigma_min, then 0 (Karras et al.)."""
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        if not is_int(steps) or steps < 1:
             raise ConfigError(f"karras_sigmas: expected steps an integer >= 1, got {steps!r}")
-        if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not math.isfinite(rho) or not rho > 0:
+        if not is_finite(rho) or not rho > 0:
             raise ConfigError(f"karras_sigmas: expected rho a finite number > 0, got {rho!r}")
         lo, hi = float(self.sigmas[0]) ** (1 / rho), float(self.sigmas[-1]) ** (1 / rho)
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -113,10 +114,8 @@ def euler_sample(eps_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, sche
     """
     if not isinstance(schedule, DiscreteSchedule):
         raise ConfigError(f"euler_sample: expected schedule to be a DiscreteSchedule, got {type(schedule).__name__}")
-    if not isinstance(noise, Tensor) or not noise.is_floating_point() or noise.ndim != 4:
-        got = f"{tuple(noise.shape)} {noise.dtype}" if isinstance(noise, Tensor) else type(noise).__name__
-        raise ShapeError(f"euler_sample: expected noise as a floating-point latent (B,C,h,w), got {got}")
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+    _check_float_latent(noise, "euler_sample", "noise")
+    if not is_int(steps) or steps < 1:
         raise ConfigError(f"euler_sample: expected steps an integer >= 1, got {steps!r}")
     sigmas = schedule.karras_sigmas(steps).to(noise.device)
     x = noise * sigmas[0]
@@ -125,9 +124,8 @@ def euler_sample(eps_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, sche
         t = schedule.timestep(s.view(1)).expand(x.shape[0]).to(noise.device)
         eps = eps_fn(x / (s ** 2 + 1.0).sqrt(), t)
         if not isinstance(eps, Tensor) or eps.shape != x.shape:
-            got = tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__
             raise ShapeError(f"euler_sample: expected eps_fn to return noise of the latent's shape {tuple(x.shape)}, "
-                             f"got {got}")
+                             f"got {shape_or_type(eps)}")
         denoised = x - s * eps
         x = denoised + (x - denoised) / s * sigmas[i + 1] if sigmas[i + 1] > 0 else denoised
     return x

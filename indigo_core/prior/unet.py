@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_int, is_bchw, is_py_int, shape_or_type, spatial_at_least
 from ..errors import ConfigError, ConfigTypeError, ShapeError
 from ..inn.inputs import autocast_on, check_float_input
-from .base import check_dropout, check_int, config_from_dict, int_tuple
+from .base import check_dropout, config_from_dict, int_tuple
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,13 @@ class UNetConfig:
         object.__setattr__(self, "attention_depth", int_tuple(name, "attention_depth", self.attention_depth, 0))
         if not self.channel_mult:
             raise ConfigError("UNetConfig.channel_mult: expected at least one level, got ()")
-        if isinstance(self.model_channels, bool) or not isinstance(self.model_channels, int) \
-                or self.model_channels <= 0 or self.model_channels % 32:
+        if not is_py_int(self.model_channels) or self.model_channels <= 0 or self.model_channels % 32:
             raise ConfigError(f"UNetConfig.model_channels: expected a positive multiple of 32 (GroupNorm(32)), "
                               f"got {self.model_channels!r}")
         for f in ("in_channels", "out_channels", "num_res_blocks", "num_heads", "context_dim",
                   "context_tokens"):
-            check_int(name, f, getattr(self, f), 1)
-        if not (isinstance(self.middle_depth, int) and not isinstance(self.middle_depth, bool)):
+            check_int(f"{name}.{f}", getattr(self, f), 1)
+        if not is_py_int(self.middle_depth):
             raise ConfigError(f"UNetConfig.middle_depth: expected -1 (no attention) or an integer >= 1, "
                               f"got {self.middle_depth!r}")
         check_dropout(name, self.dropout)
@@ -296,24 +296,22 @@ class EpsUNet(nn.Module):
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
         cfg = self.cfg
-        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ShapeError(f"UNet input: expected (B,{cfg.in_channels},h,w), got {got}")
+        if not is_bchw(x, cfg.in_channels):
+            raise ShapeError(f"UNet input: expected (B,{cfg.in_channels},h,w), got {shape_or_type(x)}")
         b = x.shape[0]
-        if x.shape[-2] < 1 or x.shape[-1] < 1:
+        if not spatial_at_least(x):
             raise ShapeError(f"UNet input: expected h and w >= 1, got {tuple(x.shape)}")
         check_float_input(x, self, "UNet", "x")
         if not isinstance(context, Tensor) or context.ndim != 3 or context.shape[-1] != cfg.context_dim:
-            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
-            raise ShapeError(f"UNet context: expected (B,T,{cfg.context_dim}), got {got}")
+            raise ShapeError(f"UNet context: expected (B,T,{cfg.context_dim}), got {shape_or_type(context)}")
         if context.shape[0] != b or context.shape[1] < 1:
             raise ShapeError(f"UNet context: expected ({b},T,{cfg.context_dim}) with T >= 1 (x's batch {b}; "
                              f"expand a (1,T,C) context with .expand({b}, -1, -1)), got {tuple(context.shape)}")
         if context.dtype != x.dtype and not autocast_on(x.device.type):
             raise ShapeError(f"UNet context: expected x's dtype {x.dtype}, got {context.dtype}")
         if not isinstance(timesteps, Tensor) or timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.shape[0] not in (1, b)):
-            got = tuple(timesteps.shape) if isinstance(timesteps, Tensor) else type(timesteps).__name__
-            raise ShapeError(f"UNet timesteps: expected a tensor of shape ({b},), (1,) or () (x's batch {b}), got {got}")
+            raise ShapeError(f"UNet timesteps: expected a tensor of shape ({b},), (1,) or () (x's batch {b}), "
+                             f"got {shape_or_type(timesteps)}")
         if timesteps.dtype == torch.bool or timesteps.is_complex():
             raise ShapeError(f"UNet timesteps: expected integer or float timesteps in [0, 999], got dtype {timesteps.dtype}")
         if b == 0:  # an empty batch: an empty output (the attention reshapes cannot take B=0)

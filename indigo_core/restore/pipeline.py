@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import is_bchw, is_finite, is_py_int, shape_or_type, spatial_at_least
 from ..errors import ConfigError, DomainError, ShapeError
 from ..guidance import GuidanceRun, GuidanceSettings, RefineSettings, Schedule, upsample_measurement
 from ..guidance.colour import DEFAULT_LEVELS, MAX_LEVELS, colour_fix
@@ -92,22 +93,21 @@ class RestoreSettings:
             raise ConfigError(f"mode: expected one of {MODES}, got {self.mode!r}")
         if self.stage1 not in STAGE1:
             raise ConfigError(f"stage1: expected one of {STAGE1}, got {self.stage1!r}")
-        if isinstance(self.colour_levels, bool) or not isinstance(self.colour_levels, int) \
-                or not 1 <= self.colour_levels <= MAX_LEVELS:
+        if not is_py_int(self.colour_levels) or not 1 <= self.colour_levels <= MAX_LEVELS:
             raise ConfigError(f"colour_levels: expected an integer in 1..{MAX_LEVELS}, got {self.colour_levels!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler: expected one of {SAMPLERS}, got {self.sampler!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler: expected one of {SCHEDULERS}, got {self.scheduler!r}")
-        if not isinstance(self.steps, int) or self.steps < 1:
+        if not is_py_int(self.steps) or self.steps < 1:
             raise ConfigError(f"steps: expected an integer >= 1, got {self.steps!r}")
-        if not 0.0 < self.denoise <= 1.0:
+        if not (is_finite(self.denoise) and 0.0 < self.denoise <= 1.0):
             raise ConfigError(f"denoise: expected a number in (0, 1], got {self.denoise!r}")
-        if not isinstance(self.scale, int) or self.scale < 1:
+        if not is_py_int(self.scale) or self.scale < 1:
             raise ConfigError(f"scale: expected an integer >= 1, got {self.scale!r}")
-        if not 0.0 <= self.regulariser_end <= 1.0:
+        if not (is_finite(self.regulariser_end) and 0.0 <= self.regulariser_end <= 1.0):
             raise ConfigError(f"regulariser_end: expected a number in [0, 1], got {self.regulariser_end!r}")
-        if self.refine_lr < 0:
+        if not (is_finite(self.refine_lr) and self.refine_lr >= 0):
             raise ConfigError(f"refine_lr: expected >= 0, got {self.refine_lr!r}")
         self.guidance()  # validates the guidance fields
 
@@ -292,10 +292,9 @@ def _pad(y: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
 
 
 def _check_input(y: Tensor) -> None:
-    if not isinstance(y, Tensor) or y.dim() != 4 or y.shape[0] != 1 or y.shape[1] != 3:
-        got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ShapeError(f"y: expected one RGB image (1,3,h,w) in [0,1], got {got}")
-    if min(y.shape[-2:]) < 2:
+    if not is_bchw(y, 3) or y.shape[0] != 1:
+        raise ShapeError(f"y: expected one RGB image (1,3,h,w) in [0,1], got {shape_or_type(y)}")
+    if not spatial_at_least(y, 2):
         raise ShapeError(f"y: expected at least 2x2 pixels, got {tuple(y.shape[-2:])}")
 
 
