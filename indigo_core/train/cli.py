@@ -21,6 +21,16 @@ COMMON_DEFAULTS: dict[str, Any] = dict(crop=128, batch_size=8, lr=2e-4, steps=20
 KINDS = ("pixel-inn", "latent-inn", "estimator", "restorer")
 
 
+def degradation_defaults() -> dict[str, Any]:
+    """The degradation options' values when not given. They are filled in after parsing, so that
+    giving one explicitly can be told from leaving it out (--lq-data refuses them)."""
+    from ..degradations import TRAINING_RANGES as R
+
+    return dict(blur_sigma=list(R.blur_sigma), noise=list(R.noise_level), jpeg=list(R.jpeg_quality),
+                jpeg_prob=R.jpeg_prob, anisotropic_prob=R.anisotropic_prob, resize_modes=list(R.resize_modes),
+                val_degradation="medium")
+
+
 def _task_module(kind: str):
     from . import estimator, latent_inn, pixel_inn, restorer
 
@@ -28,8 +38,6 @@ def _task_module(kind: str):
 
 
 def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
-    from ..degradations import TRAINING_RANGES as R
-
     mod = _task_module(kind)
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="folder of training images (recursive; png, jpg, webp)")
@@ -44,22 +52,29 @@ def _add_common(p: argparse.ArgumentParser, kind: str) -> None:
     g.add_argument("--small-images", choices=("skip", "resize", "error"), default="skip",
                    help="images smaller than the crop: skip them, resize (upscale) them, or stop with an error")
     g.add_argument("--cache-images", action="store_true", help="keep decoded images in memory")
+    g.add_argument("--lq-data", default=None, metavar="DIR",
+                   help="degraded images y paired with --data by relative path without extension, each "
+                        "exactly the ground truth's size / s; trains on them instead of synthesised degradations "
+                        "(default: none, y is synthesised from the ranges below)" if kind != "estimator" else
+                        "refused: the estimator learns degradation parameters, which given pairs do not carry "
+                        "(default: none)")
+    g.add_argument("--val-lq-data", default=None, metavar="DIR",
+                   help="the pairs of --val-data's images; required with --lq-data and --val-data (default: none; "
+                        "held-out images take their pairs from --lq-data)")
 
     g = p.add_argument_group("degradations (y = JPEG_q((x * k) downsampled by s + n))")
     g.add_argument("--scale", type=int, default=None, help="s; must match the INN (default: the INN's)"
                    if kind not in ("estimator", "restorer") else "s (default: 4)")
-    g.add_argument("--blur-sigma", type=float, nargs=2, default=list(R.blur_sigma), metavar=("LO", "HI"),
+    g.add_argument("--blur-sigma", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="blur sigma range, pixels of x")
-    g.add_argument("--noise", type=float, nargs=2, default=list(R.noise_level), metavar=("LO", "HI"),
+    g.add_argument("--noise", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="noise level range on 0..255")
-    g.add_argument("--jpeg", type=int, nargs=2, default=list(R.jpeg_quality), metavar=("LO", "HI"),
-                   help="JPEG quality range")
-    g.add_argument("--jpeg-prob", type=float, default=R.jpeg_prob, help="probability of the JPEG stage")
-    g.add_argument("--anisotropic-prob", type=float, default=R.anisotropic_prob,
-                   help="probability of an anisotropic blur kernel")
-    g.add_argument("--resize-modes", nargs="+", choices=("bicubic", "area"), default=list(R.resize_modes),
+    g.add_argument("--jpeg", type=int, nargs=2, default=None, metavar=("LO", "HI"), help="JPEG quality range")
+    g.add_argument("--jpeg-prob", type=float, default=None, help="probability of the JPEG stage")
+    g.add_argument("--anisotropic-prob", type=float, default=None, help="probability of an anisotropic blur kernel")
+    g.add_argument("--resize-modes", nargs="+", choices=("bicubic", "area"), default=None,
                    help="downsampling kernels drawn from")
-    g.add_argument("--val-degradation", choices=("mild", "medium", "severe", "train"), default="medium",
+    g.add_argument("--val-degradation", choices=("mild", "medium", "severe", "train"), default=None,
                    help="validation degradation: a paper level (mild, medium, severe) or fixed draws from the "
                         "training ranges (train)")
 
@@ -122,7 +137,7 @@ def _state_defaults(p: argparse.ArgumentParser, kind: str) -> None:
     itself (the word "default") is left as written; required options have none."""
     mod = _task_module(kind)
     filled = {key for preset in mod.PRESETS.values() for key in preset}
-    fallback = {**COMMON_DEFAULTS, **mod.DEFAULTS}
+    fallback = {**COMMON_DEFAULTS, **degradation_defaults(), **mod.DEFAULTS}
     for action in p._actions:
         if (not action.option_strings or action.required or action.help == argparse.SUPPRESS
                 or isinstance(action, argparse._HelpAction) or "default" in (action.help or "").lower()):
@@ -163,7 +178,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     mod = _task_module(args.kind)
     args.preset = args.preset or mod.DEFAULT_PRESET
     preset = mod.PRESETS[args.preset]
-    for source in (preset, mod.DEFAULTS, COMMON_DEFAULTS):
+    for source in (preset, mod.DEFAULTS, COMMON_DEFAULTS, degradation_defaults()):
         for key, value in source.items():
             if getattr(args, key, None) is None:
                 setattr(args, key, value)
@@ -172,10 +187,38 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def check_pairs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, what does not go with given pairs (call before `resolve_defaults`:
+    a degradation option is then None unless given)."""
+    if args.lq_data is None:
+        if args.val_lq_data is not None:
+            raise TrainingError("--val-lq-data: expected together with --lq-data (the training pairs), got it alone")
+        return
+    if args.kind == "estimator":
+        raise TrainingError("estimator: --lq-data cannot train it: the teacher regresses the degradation parameters "
+                            "of each y (blur sigma, noise level, JPEG quality), which given pairs do not carry; "
+                            "train it on synthesised degradations and pass it to the INNs trained on your pairs "
+                            "with --estimator (it then runs on the given y)")
+    given = ["--" + key.replace("_", "-") for key in degradation_defaults() if getattr(args, key) is not None]
+    if given:
+        raise TrainingError(f"--lq-data: the given pairs are the degradation; expected no degradation option, got "
+                            f"{', '.join(given)} (it would be ignored)")
+    if (args.val_data is None) != (args.val_lq_data is None):
+        raise TrainingError("--lq-data with --val-data: expected --val-lq-data with the validation pairs, got none"
+                            if args.val_lq_data is None else
+                            "--val-lq-data: expected together with --val-data (its ground truths), got no --val-data; "
+                            "held-out images take their pairs from --lq-data")
+    if args.small_images == "resize":
+        raise TrainingError("--small-images resize: upscaling a ground truth would break its alignment with its "
+                            "pair; expected skip or error with --lq-data")
+
+
 def run(argv: Optional[Sequence[str]] = None) -> dict:
     """Parse `argv` and train; returns the loop's summary. Raises IndigoError on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = resolve_defaults(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    check_pairs(args)
+    args = resolve_defaults(args)
     # "0: the default" must not turn a wrong value into a run with other settings
     for flag, value, least in (("--threads", args.threads, 0), ("--scale", args.scale, 1)):
         if value is not None and value < least:

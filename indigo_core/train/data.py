@@ -11,6 +11,10 @@ size); rank r takes the r-th slice of b = G / world consecutive indices. Hence:
 
 Images are visited epoch by epoch: epoch e = index // n_images walks a permutation of the images
 drawn from (seed, e).
+
+Given pairs (--lq-data): each ground truth x (H,W) comes with its measurement y (H/s,W/s), matched
+by relative path without extension. A crop of x starts at a multiple of s and y is cropped at the
+same place /s, with the same flips, so the pair stays aligned; y is then read, not synthesised.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import DatasetError
+from ..io.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +145,7 @@ class ImageFolder:
 
     def __init__(self, files: Sequence[Path], crop: int, small: str = "skip", cache: bool = False,
                  root: Optional[str | Path] = None) -> None:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         if small not in SMALL_IMAGE_MODES:
             raise DatasetError(f"small-image mode: expected one of {SMALL_IMAGE_MODES}, got {small!r}")
@@ -151,16 +156,17 @@ class ImageFolder:
         self.cache = cache
         self._cached: dict[int, np.ndarray] = {}
         where = str(root) if root is not None else "the given files"
+        self.lq: Optional[list[Path]] = None  # the given measurements, see `pair_with`
+        self.lq_root: Optional[Path] = None
+        self.scale = 1
+        self._cached_lq: dict[int, np.ndarray] = {}
         keep: list[Path] = []
         sizes: list[tuple[int, int]] = []
         bad: list[str] = []
         too_small: list[str] = []
         for path in files:
             try:
-                with Image.open(path) as im:
-                    w, h = im.size
-                    if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                        w, h = h, w
+                h, w = _image_size(path)
             except (OSError, ValueError, UnidentifiedImageError) as exc:
                 bad.append(f"{path.name} ({exc.__class__.__name__})")
                 continue
@@ -193,31 +199,60 @@ class ImageFolder:
 
     def load(self, i: int) -> np.ndarray:
         """Image i as (H,W,3) uint8, upscaled to the crop size when it is smaller and small == "resize"."""
-        if i in self._cached:
-            return self._cached[i]
-        path = self.files[i]
+        return self._read(self.files[i], i, self._cached, self.crop)
+
+    def pair_with(self, lq: Sequence[Path], lq_root: Path, scale: int) -> None:
+        """Give image i the measurement lq[i] (its size already checked to be the image's / `scale`)."""
+        self.lq, self.lq_root, self.scale = list(lq), Path(lq_root), scale
+
+    def load_lq(self, i: int) -> np.ndarray:
+        """The given measurement of image i as (H/s,W/s,3) uint8."""
+        return self._read(self.lq[i], i, self._cached_lq, 0)
+
+    def _read(self, path: Path, i: int, cached: dict[int, np.ndarray], short: int) -> np.ndarray:
+        """`path` as (H,W,3) uint8, its shorter side upscaled to `short` when below; kept in `cached` with `cache`."""
+        if i in cached:
+            return cached[i]
         try:
             img = _read_rgb(path)
         except (OSError, ValueError) as exc:
             raise DatasetError(f"{path}: cannot be read during training ({exc})") from exc
-        if min(img.shape[:2]) < self.crop:
-            img = _resize_short_side(img, self.crop)
+        if min(img.shape[:2]) < short:
+            img = _resize_short_side(img, short)
         if self.cache:
-            self._cached[i] = img
+            cached[i] = img
         return img
+
+    def lq_fingerprint(self) -> str:
+        """SHA-1 of the given measurements' relative paths and contents (resume check): pairs of the
+        same names and sizes made by another degradation are told apart."""
+        h = hashlib.sha1()
+        for p in self.lq or []:
+            h.update(f"{p.relative_to(self.lq_root).as_posix()}:{file_sha256(p)};".encode())
+        return h.hexdigest()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file with its EXIF orientation applied, without decoding the pixels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            w, h = h, w
+    return h, w
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     return torch.randperm(n, generator=generator_for(seed, STREAM_ORDER, epoch))
 
 
-def crop_and_flip(img: np.ndarray, crop: int, flips: str, g: torch.Generator) -> Tensor:
-    """A random `crop` x `crop` window of img (H,W,3) uint8 with random flips -> (3,crop,crop) uint8."""
-    h, w = img.shape[:2]
-    top = int(torch.randint(0, h - crop + 1, (1,), generator=g))
-    left = int(torch.randint(0, w - crop + 1, (1,), generator=g))
-    t = torch.from_numpy(np.ascontiguousarray(img[top:top + crop, left:left + crop])).permute(2, 0, 1)
-    coins = torch.rand(2, generator=g)  # drawn always, so the stream does not depend on `flips`
+def _window(img: np.ndarray, top: int, left: int, crop: int) -> Tensor:
+    """img[top:top+crop, left:left+crop] (H,W,3) uint8 -> (3,crop,crop) uint8."""
+    return torch.from_numpy(np.ascontiguousarray(img[top:top + crop, left:left + crop])).permute(2, 0, 1)
+
+
+def _flipped(t: Tensor, flips: str, coins: Tensor) -> Tensor:
     if flips in ("h", "hv") and coins[0] < 0.5:
         t = t.flip(-1)
     if flips == "hv" and coins[1] < 0.5:
@@ -225,11 +260,42 @@ def crop_and_flip(img: np.ndarray, crop: int, flips: str, g: torch.Generator) ->
     return t.contiguous()
 
 
-def center_crop(img: np.ndarray, crop: int) -> Tensor:
-    """The central `crop` x `crop` window of img (H,W,3) uint8 -> (3,crop,crop) uint8."""
+def crop_and_flip(img: np.ndarray, crop: int, flips: str, g: torch.Generator,
+                  lq: Optional[np.ndarray] = None, scale: int = 1) -> tuple[Tensor, Optional[Tensor]]:
+    """A random `crop` x `crop` window of img (H,W,3) uint8 with random flips -> (3,crop,crop) uint8,
+    and the same window of its measurement `lq` (H/s,W/s,3) -> (3,crop/s,crop/s) uint8 (None
+    without one). With a measurement the window starts at a multiple of `scale`."""
     h, w = img.shape[:2]
-    top, left = (h - crop) // 2, (w - crop) // 2
-    return torch.from_numpy(np.ascontiguousarray(img[top:top + crop, left:left + crop])).permute(2, 0, 1).contiguous()
+    top = scale * int(torch.randint(0, (h - crop) // scale + 1, (1,), generator=g))
+    left = scale * int(torch.randint(0, (w - crop) // scale + 1, (1,), generator=g))
+    coins = torch.rand(2, generator=g)  # drawn always, so the stream does not depend on `flips`
+    x = _flipped(_window(img, top, left, crop), flips, coins)
+    if lq is None:
+        return x, None
+    return x, _flipped(_window(lq, top // scale, left // scale, crop // scale), flips, coins)
+
+
+def center_crop(img: np.ndarray, crop: int, lq: Optional[np.ndarray] = None,
+                scale: int = 1) -> tuple[Tensor, Optional[Tensor]]:
+    """The central `crop` x `crop` window of img (H,W,3) uint8 -> (3,crop,crop) uint8, and the same
+    window of its measurement `lq` (None without one), aligned as in :func:`crop_and_flip`."""
+    h, w = img.shape[:2]
+    top, left = scale * ((h - crop) // (2 * scale)), scale * ((w - crop) // (2 * scale))
+    x = _window(img, top, left, crop).contiguous()
+    return x, None if lq is None else _window(lq, top // scale, left // scale, crop // scale).contiguous()
+
+
+def crop_pair(images: ImageFolder, i: int, crop: int, flips: str,
+              g: torch.Generator) -> tuple[Tensor, Optional[Tensor]]:
+    """A random crop of image i and of its given measurement (None when the images have none)."""
+    lq = images.load_lq(i) if images.lq is not None else None
+    return crop_and_flip(images.load(i), crop, flips, g, lq, images.scale)
+
+
+def center_pair(images: ImageFolder, i: int, crop: int) -> tuple[Tensor, Optional[Tensor]]:
+    """The centre crop of image i and of its given measurement (None when the images have none)."""
+    lq = images.load_lq(i) if images.lq is not None else None
+    return center_crop(images.load(i), crop, lq, images.scale)
 
 
 Degrade = Callable[[Tensor, torch.Generator], tuple[Tensor, dict]]
@@ -270,10 +336,9 @@ class TrainCrops(Dataset):
         return int(_epoch_order(self.seed, index // n, n)[index % n])
 
     def __getitem__(self, index: int) -> Sample:
-        img = self.images.load(self.image_index(index))
-        x8 = crop_and_flip(img, self.crop, self.flips, generator_for(self.seed, STREAM_CROP, index))
-        x = x8.float().div_(255.0)
-        return _degraded(x, self.degrade, self.param_names, generator_for(self.seed, STREAM_DEGRADE, index), index)
+        x8, y8 = crop_pair(self.images, self.image_index(index), self.crop, self.flips,
+                           generator_for(self.seed, STREAM_CROP, index))
+        return _sample(x8, y8, self.degrade, self.param_names, generator_for(self.seed, STREAM_DEGRADE, index), index)
 
 
 class ValCrops(Dataset):
@@ -292,17 +357,28 @@ class ValCrops(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> Sample:
-        x = center_crop(self.images.load(index), self.crop).float().div_(255.0)
-        return _degraded(x, self.degrade, self.param_names, generator_for(self.seed, STREAM_VAL, index), index)
+        x8, y8 = center_pair(self.images, index, self.crop)
+        return _sample(x8, y8, self.degrade, self.param_names, generator_for(self.seed, STREAM_VAL, index), index)
 
 
-def _degraded(x: Tensor, degrade: Optional[Degrade], names: Sequence[str], g: torch.Generator,
-              index: int) -> Sample:
-    if degrade is None:
+def measurement(x8: Tensor, y8: Optional[Tensor], degrade: Optional[Degrade],
+                g: torch.Generator) -> tuple[Tensor, dict]:
+    """y (3,h,w) float in [0,1] for the crop x8 (3,H,W) uint8: its given measurement y8 when there
+    is one (parameters {}), else degrade(x) with the parameters drawn from g."""
+    if y8 is not None:
+        return y8.float().div_(255.0), {}
+    y, params = degrade(x8.unsqueeze(0).float().div_(255.0), g)
+    return y.squeeze(0).float().contiguous(), params
+
+
+def _sample(x8: Tensor, y8: Optional[Tensor], degrade: Optional[Degrade], names: Sequence[str],
+            g: torch.Generator, index: int) -> Sample:
+    x = x8.float().div_(255.0)
+    if degrade is None and y8 is None:
         return Sample(x=x, y=torch.empty(0), params=torch.empty(0), index=index)
-    y, params = degrade(x.unsqueeze(0), g)
-    vec = torch.tensor([float(params[k]) for k in names], dtype=torch.float32)
-    return Sample(x=x, y=y.squeeze(0).float().contiguous(), params=vec, index=index)
+    y, params = measurement(x8, y8, degrade, g)
+    vec = torch.tensor([float(params[k]) for k in names], dtype=torch.float32) if params else torch.empty(0)
+    return Sample(x=x, y=y, params=vec, index=index)
 
 
 def collate(samples: Sequence[Sample]) -> dict[str, Tensor]:
@@ -380,6 +456,21 @@ class Degrader:
         return {"ranges": dataclasses.asdict(r), "jpeg": self.jpeg}
 
 
+class GivenPairs:
+    """The degradation of a run on given pairs: y is read from --lq-data, not synthesised. Stands
+    in for a :class:`Degrader` where runs describe their degradation (card, resume signature)."""
+
+    def __init__(self, images: Optional[ImageFolder]) -> None:
+        self.images = images
+        self._fingerprint: Optional[str] = None
+
+    def describe(self) -> dict:
+        if self._fingerprint is None and self.images is not None:
+            self._fingerprint = self.images.lq_fingerprint()
+        return {"source": "given pairs", "pairs": len(self.images) if self.images is not None else 0,
+                "fingerprint": self._fingerprint}
+
+
 @dataclass
 class ImageSets:
     """Training and validation images of a run, and how they were chosen."""
@@ -388,9 +479,10 @@ class ImageSets:
     val: Optional[ImageFolder]
     root: Path
     split: str  # human-readable description for the model card
+    lq_roots: tuple[Path, ...] = ()  # the folders of the given pairs (training, then validation)
 
     def card(self) -> dict:
-        return {
+        card = {
             "folder": str(self.root.resolve()),
             "train_images": len(self.train),
             "val_images": len(self.val) if self.val is not None else 0,
@@ -398,6 +490,10 @@ class ImageSets:
             "val_files": [p.relative_to(self.root).as_posix() if p.is_relative_to(self.root) else str(p)
                           for p in (self.val.files if self.val is not None else [])],
         }
+        if self.lq_roots:
+            card["lq_folders"] = [str(p.resolve()) for p in dict.fromkeys(self.lq_roots)]
+            card["pairs"] = card["train_images"] + card["val_images"]
+        return card
 
     def fingerprint(self) -> str:
         """SHA-1 of the training files' relative paths and sizes (resume check)."""
@@ -409,9 +505,11 @@ class ImageSets:
 
 def build_image_sets(data: str | Path, crop: int, val_data: Optional[str | Path] = None,
                      val_fraction: float = 0.05, val_count: Optional[int] = None, small: str = "skip",
-                     cache: bool = False, val_crop: Optional[int] = None) -> ImageSets:
+                     cache: bool = False, val_crop: Optional[int] = None, lq_data: Optional[str | Path] = None,
+                     val_lq_data: Optional[str | Path] = None, scale: int = 1) -> ImageSets:
     """Scan `data` (and `val_data`), hold out a deterministic validation split when no separate
-    validation folder is given, and index the images usable at the crop sizes."""
+    validation folder is given, and index the images usable at the crop sizes. With `lq_data`,
+    every image gets its given measurement at factor `scale` (`val_lq_data` for `val_data`'s)."""
     root = Path(data)
     files = list_images(root)
     if val_data is not None:
@@ -435,7 +533,94 @@ def build_image_sets(data: str | Path, crop: int, val_data: Optional[str | Path]
                 raise
             log.warning("no validation: none of the %d held-out images is usable (%s)", len(val_files), exc)
             split += " (none usable: no validation)"
-    return ImageSets(train=train, val=val, root=root, split=split)
+    sets = ImageSets(train=train, val=val, root=root, split=split)
+    if lq_data is not None:
+        if val_data is None:
+            pair_images([train, val], root, files, Path(lq_data), scale, "--lq-data")
+        else:
+            pair_images([train], root, files, Path(lq_data), scale, "--lq-data")
+            pair_images([val], Path(val_data), val_files, Path(val_lq_data), scale, "--val-lq-data")
+        sets.lq_roots = (Path(lq_data), Path(val_lq_data or lq_data))
+    return sets
+
+
+def _stem(path: Path, root: Path) -> str:
+    """The pairing key: the relative path without its extension ("a/b.png" -> "a/b")."""
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def _by_stem(files: Sequence[Path], root: Path, flag: str) -> dict[str, Path]:
+    found: dict[str, list[Path]] = {}
+    for p in files:
+        found.setdefault(_stem(p, root), []).append(p)
+    twice = [" and ".join(q.relative_to(root).as_posix() for q in ps) for ps in found.values() if len(ps) > 1]
+    if twice:
+        raise DatasetError(f"{flag}: expected one image per name in {root} (pairs are matched by the relative "
+                           f"path without extension), found {len(twice)} name(s) twice: {'; '.join(twice[:5])}")
+    return {k: ps[0] for k, ps in found.items()}
+
+
+def pair_images(folders: Sequence[Optional[ImageFolder]], gt_root: Path, gt_files: Sequence[Path], lq_root: Path,
+                scale: int, flag: str) -> None:
+    """Pair every image of `folders` (ground truths found in `gt_root`, `gt_files` all of them) with
+    the file of the same relative path and any image extension in `lq_root`, of exactly (H/s, W/s).
+    DatasetError naming the first offenders when a ground truth has no pair or a pair has another
+    size; measurements without a ground truth are left out with a warning."""
+    lq = _by_stem(list_images(lq_root), lq_root, flag)
+    unused = sorted(set(lq) - set(_by_stem(gt_files, gt_root, flag)))
+    if unused:
+        log.warning("%s: %d image(s) in %s have no ground truth in %s and are not used: %s", flag, len(unused),
+                    lq_root, gt_root, ", ".join(lq[k].relative_to(lq_root).as_posix() for k in unused[:5]))
+    missing: list[str] = []
+    wrong: list[str] = []
+    for folder in filter(None, folders):
+        for path, (h, w) in zip(folder.files, folder.sizes):
+            q = lq.get(_stem(path, gt_root))
+            if q is None:
+                missing.append(path.relative_to(gt_root).as_posix())
+                continue
+            try:
+                qh, qw = _image_size(q)
+                found = f"{qw}x{qh}"
+            except (OSError, ValueError) as exc:
+                qh = qw = 0
+                found = f"unreadable ({exc.__class__.__name__})"
+            if (qh * scale, qw * scale) != (h, w):
+                wrong.append(f"{q.relative_to(lq_root).as_posix()} is {found}, expected {w / scale:g}x{h / scale:g} "
+                             f"(ground truth {w}x{h} / {scale})")
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} ground truth(s) without a pair (expected the same relative path with any of "
+                        f"{', '.join(IMAGE_EXTENSIONS)}): {', '.join(missing[:5])}")
+    if wrong:
+        problems.append(f"{len(wrong)} pair(s) of the wrong size for x{scale}: {'; '.join(wrong[:5])}")
+    if problems:
+        raise DatasetError(f"{flag} {lq_root}: " + "; ".join(problems))
+    for folder in filter(None, folders):
+        folder.pair_with([lq[_stem(p, gt_root)] for p in folder.files], lq_root, scale)
+
+
+def image_sets(args, scale: int) -> ImageSets:
+    """:func:`build_image_sets` from the CLI's data options, with the given pairs at factor `scale`."""
+    return build_image_sets(args.data, args.crop, args.val_data, args.val_fraction, args.val_count, args.small_images,
+                            args.cache_images, lq_data=args.lq_data, val_lq_data=args.val_lq_data, scale=scale)
+
+
+def degraders(args, scale: int, images: ImageSets) -> tuple:
+    """(training, validation) degradation of an INN or restorer run: the given pairs, else the paper's
+    pipeline on the training ranges and the --val-degradation level (or draws from the ranges)."""
+    if images.lq_roots:
+        return GivenPairs(images.train), GivenPairs(images.val)
+    train = Degrader(ranges=ranges_from_args(args, scale))
+    return train, train if args.val_degradation == "train" else Degrader(preset=args.val_degradation)
+
+
+def check_crop(crop: int, scale: int, what: str = "the scale") -> None:
+    """ConfigError unless the crop is a multiple of the factor s (y must be crop/s exactly)."""
+    if crop % scale:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--crop {crop} must be a multiple of {what} {scale}")
 
 
 def ranges_from_args(args, scale: int):

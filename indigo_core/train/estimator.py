@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, TrainingError
 from .common import file_fingerprint
-from .data import PARAM_NAMES, Degrader, TrainCrops, ValCrops, build_image_sets, collate, ranges_from_args, shard
+from .data import PARAM_NAMES, Degrader, TrainCrops, ValCrops, check_crop, collate, image_sets, ranges_from_args, shard
 from .losses import distillation_kl
 from .loop import DistInfo, LoopOptions, Task, train
 
@@ -137,10 +137,8 @@ class _EstimatorTaskBase(Task):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.scale = args.scale or 4
-        if args.crop % self.scale:
-            raise ConfigError(f"--crop {args.crop} must be a multiple of the scale {self.scale}")
-        self.images = build_image_sets(args.data, args.crop, args.val_data, args.val_fraction, args.val_count,
-                                       args.small_images, args.cache_images)
+        check_crop(args.crop, self.scale)
+        self.images = image_sets(args, self.scale)
         self.ranges = ranges_from_args(args, self.scale)
         self.degrader = Degrader(ranges=self.ranges)
         # The estimator must tell degradations apart: validate on draws from the training ranges.

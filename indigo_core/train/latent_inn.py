@@ -37,8 +37,8 @@ from ..errors import ConfigError, WeightsFileError
 from ..inn.network import WaveletINN
 from .common import (add_inn_arguments, autocast_lift_nets, build_inn, file_fingerprint, load_frozen_estimator,
                      mask_inert_key_bias, save_inn_export)
-from .data import (STREAM_DEGRADE, STREAM_POOL, STREAM_VAL, Degrader, ImageFolder, _epoch_order,
-                   build_image_sets, center_crop, crop_and_flip, generator_for, ranges_from_args, shard)
+from .data import (STREAM_DEGRADE, STREAM_POOL, STREAM_VAL, ImageFolder, _epoch_order, center_pair, check_crop,
+                   crop_pair, degraders, generator_for, image_sets, measurement, shard)
 from .losses import capped, inn_loss, psnr_per_image, reconstruction_loss
 from .loop import DistInfo, Task
 
@@ -98,10 +98,8 @@ class _Encoder:
 
 def _draw_pool_item(images: ImageFolder, j: int, crop: int, flips: str, seed: int,
                     degrader: Callable) -> tuple[Tensor, Tensor]:
-    img = images.load(j % len(images))
-    x8 = crop_and_flip(img, crop, flips, generator_for(seed, STREAM_POOL, j))
-    y, _ = degrader(x8.unsqueeze(0).float() / 255.0, generator_for(seed, _STREAM_POOL_DEGRADE, j))
-    return x8, y.squeeze(0)
+    x8, y8 = crop_pair(images, j % len(images), crop, flips, generator_for(seed, STREAM_POOL, j))
+    return x8, measurement(x8, y8, degrader, generator_for(seed, _STREAM_POOL_DEGRADE, j))[0]
 
 
 def encode_items(indices: list[int], draw: Callable[[int], tuple[Tensor, Tensor]], encoder: _Encoder,
@@ -206,11 +204,9 @@ class LatentINNTask(Task):
             raise ConfigError(f"a LatentINN's coarse part must keep the latent's size (z_y = E(up(y)) has "
                               f"it): expected split='undecimated_haar', got {cfg.split!r} (x{cfg.scale})")
         self.scale = args.scale or 4
-        self.images = build_image_sets(args.data, args.crop, args.val_data, args.val_fraction, args.val_count,
-                                       args.small_images, args.cache_images)
-        self.degrader = Degrader(ranges=ranges_from_args(args, self.scale))
-        self.val_degrader = Degrader(preset=args.val_degradation) if args.val_degradation != "train" \
-            else Degrader(ranges=ranges_from_args(args, self.scale))
+        check_crop(args.crop, self.scale)
+        self.images = image_sets(args, self.scale)
+        self.degrader, self.val_degrader = degraders(args, self.scale, self.images)
         if args.crops_per_image < 1:
             raise ConfigError(f"--crops-per-image: expected >= 1, got {args.crops_per_image}")
         if args.encode_batch < 1:
@@ -227,10 +223,7 @@ class LatentINNTask(Task):
         if self.vae.latent_channels != self.inn.config.channels:
             raise ConfigError(f"the VAE's latents have {self.vae.latent_channels} channels, the INN expects "
                               f"{self.inn.config.channels}; use --inn-set channels={self.vae.latent_channels}")
-        d = self.vae.downscale
-        if a.crop % d or a.crop % self.scale:
-            raise ConfigError(f"--crop {a.crop} must be a multiple of the VAE's factor {d} "
-                              f"and of the scale {self.scale}")
+        check_crop(a.crop, self.vae.downscale, "the VAE's factor")
         self.estimator = load_frozen_estimator(a.estimator, info.device)
         # The cached latents are the regression targets: encode them once in float32 (TF32 on CUDA).
         encoder = _Encoder(self.vae, self.estimator, info.device, None)
@@ -262,9 +255,8 @@ class LatentINNTask(Task):
             val_images = self.images.val
 
             def draw_val(j: int) -> tuple[Tensor, Tensor]:
-                x8 = center_crop(val_images.load(j), a.crop)
-                y, _ = self.val_degrader(x8.unsqueeze(0).float() / 255.0, generator_for(a.seed, STREAM_VAL, j))
-                return x8, y.squeeze(0)
+                x8, y8 = center_pair(val_images, j, a.crop)
+                return x8, measurement(x8, y8, self.val_degrader, generator_for(a.seed, STREAM_VAL, j))[0]
 
             self.val = encode_items(shard(len(val_images), info.rank, info.world), draw_val, encoder,
                                     a.encode_batch, keep_y=True)

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..inn.network import WaveletINN
 from .common import (add_inn_arguments, autocast_lift_nets, build_inn, file_fingerprint, load_frozen_estimator,
                      mask_inert_key_bias, save_inn_export)
-from .data import Degrader, TrainCrops, ValCrops, build_image_sets, collate, ranges_from_args, shard
+from .data import TrainCrops, ValCrops, check_crop, collate, degraders, image_sets, shard
 from .losses import capped, inn_loss, psnr_per_image, reconstruction_loss
 from .loop import DistInfo, Task
 
@@ -93,13 +93,9 @@ class PixelINNTask(Task):
             raise ConfigError(f"--scale {args.scale} does not match the INN: its coarse part is x{s} smaller "
                               f"({cfg.split}, {cfg.levels} levels)")
         self.scale = s
-        if args.crop % s:
-            raise ConfigError(f"--crop {args.crop} must be a multiple of the INN's scale {s}")
-        self.images = build_image_sets(args.data, args.crop, args.val_data, args.val_fraction, args.val_count,
-                                       args.small_images, args.cache_images)
-        self.degrader = Degrader(ranges=ranges_from_args(args, s))
-        self.val_degrader = Degrader(preset=args.val_degradation) if args.val_degradation != "train" \
-            else Degrader(ranges=ranges_from_args(args, s))
+        check_crop(args.crop, s, "the INN's scale")
+        self.images = image_sets(args, s)
+        self.degrader, self.val_degrader = degraders(args, s, self.images)
         self.estimator: Optional[nn.Module] = None
         self.amp: Optional[torch.dtype] = None
 

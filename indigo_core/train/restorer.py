@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..restorer import RestorerConfig, build_restorer
-from .data import Degrader, TrainCrops, ValCrops, build_image_sets, collate, ranges_from_args, shard
+from .data import TrainCrops, ValCrops, check_crop, collate, degraders, image_sets, shard
 from .loop import DistInfo, Task
 from .losses import capped, psnr_per_image, reconstruction_loss
 
@@ -56,15 +56,9 @@ class RestorerTask(Task):
         self.args = args
         self.net = build_restorer(RestorerConfig(scale=args.scale or 4, width=args.width, n_blocks=args.n_blocks))
         self.scale = self.net.scale
-        if args.crop % self.scale:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"--crop {args.crop} must be a multiple of the scale {self.scale}")
-        self.images = build_image_sets(args.data, args.crop, args.val_data, args.val_fraction, args.val_count,
-                                       args.small_images, args.cache_images)
-        self.degrader = Degrader(ranges=ranges_from_args(args, self.scale))
-        self.val_degrader = Degrader(preset=args.val_degradation) if args.val_degradation != "train" \
-            else Degrader(ranges=ranges_from_args(args, self.scale))
+        check_crop(args.crop, self.scale)
+        self.images = image_sets(args, self.scale)
+        self.degrader, self.val_degrader = degraders(args, self.scale, self.images)
 
     def objective(self) -> nn.Module:
         return RestorerObjective(self.net, self.args.loss)
