@@ -60,8 +60,8 @@ class CompareImages(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         optional = [
             io.Image.Input(f"image_{k}", optional=True,
-                           tooltip=f"Another image to compare (e.g. an unguided baseline or a second INN): the "
-                                   f"reference's size, or smaller with its aspect ratio (upsampled bicubically).")
+                           tooltip="Another image to compare (e.g. an unguided baseline or a second INN): the "
+                                   "reference's size, or smaller with its aspect ratio (upsampled bicubically).")
             for k in range(2, MAX_IMAGES + 1)
         ]
         return io.Schema(

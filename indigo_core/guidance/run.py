@@ -460,7 +460,6 @@ class GuidanceRun:
         return out
 
     def _latent_step(self, z: Tensor, rec: StepRecord, guide: bool, refine: bool) -> Tensor:
-        s = self.settings
         if refine:
             set_trainable(self._params, True)
             try:

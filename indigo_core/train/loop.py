@@ -393,7 +393,7 @@ def prepare_output(out: Path, opts: LoopOptions, task: Task) -> tuple[Optional[P
         existing.append(ckpt_dir)
     if existing and not opts.overwrite:
         how = (f"resuming from {resume} would replace it" if resume is not None else
-               f"pass --resume to continue it")
+               "pass --resume to continue it")
         raise TrainingError(
             f"output folder {out} already holds a run ({', '.join(p.name for p in existing[:4])}); "
             f"{how}; pass --overwrite to replace it, or choose another --out"

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Folder name of the pack in custom_nodes/ (what ComfyUI-Manager's git clone gives).
