@@ -61,28 +61,46 @@ def generator_for(seed: int, stream: int, index: int) -> torch.Generator:
     return g
 
 
-def list_images(folder: str | Path) -> list[Path]:
+def list_images(folder: str | Path, exclude: Sequence[str | Path] = ()) -> list[Path]:
     """Image files under `folder` (recursive; png/jpg/jpeg/webp, any case), sorted by relative path.
 
     Raises DatasetError when the folder is missing or holds no image files. Hidden files and
-    folders (names starting with ".") are ignored.
+    folders (names starting with ".") are ignored, and so are the folders of `exclude` that lie
+    inside `folder` (the given pairs of a folder of ground truths). Symlinked files are listed;
+    symlinked folders are not entered (logged).
     """
     root = Path(folder)
     if not root.exists():
         raise DatasetError(f"image folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise DatasetError(f"{str(root)!r} is not a folder; expected a folder of images")
-    files = [
-        p for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    ]
+    inside = [rel.parts for rel in (_relative_to(Path(e), root) for e in exclude) if rel is not None and rel.parts]
+    files, linked = [], []
+    for p in root.rglob("*"):
+        parts = p.relative_to(root).parts
+        if any(part.startswith(".") for part in parts) or any(parts[:len(e)] == e for e in inside):
+            continue
+        if p.is_symlink() and p.is_dir():
+            linked.append(p.relative_to(root).as_posix())
+        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(p)
+    if linked:
+        log.warning("%s: %d symlinked folder(s) not entered: %s", root, len(linked), ", ".join(sorted(linked)[:5]))
     if not files:
         raise DatasetError(
             f"image folder {str(root)!r} holds no images; expected files ending in "
-            f"{', '.join(IMAGE_EXTENSIONS)} (searched recursively)"
+            f"{', '.join(IMAGE_EXTENSIONS)} (searched recursively"
+            + "".join(f", leaving out {'/'.join(e)}/" for e in inside) + ")"
         )
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _relative_to(path: Path, root: Path) -> Optional[Path]:
+    """`path` relative to `root` when it lies inside it (or is it), symlinks resolved; else None."""
+    try:
+        return path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
 
 
 def split_files(files: Sequence[Path], root: str | Path, val_fraction: float = 0.0,
@@ -509,11 +527,17 @@ def build_image_sets(data: str | Path, crop: int, val_data: Optional[str | Path]
                      val_lq_data: Optional[str | Path] = None, scale: int = 1) -> ImageSets:
     """Scan `data` (and `val_data`), hold out a deterministic validation split when no separate
     validation folder is given, and index the images usable at the crop sizes. With `lq_data`,
-    every image gets its given measurement at factor `scale` (`val_lq_data` for `val_data`'s)."""
+    every image gets its given measurement at factor `scale` (`val_lq_data` for `val_data`'s); a
+    folder of pairs inside a folder of ground truths is left out of it."""
     root = Path(data)
-    files = list_images(root)
+    lq_roots = [Path(q) for q in (lq_data, val_lq_data) if q is not None]
+    for gt, lq, flag in ((data, lq_data, "--lq-data"), (val_data, val_lq_data, "--val-lq-data")):
+        if gt is not None and lq is not None and _relative_to(Path(lq), Path(gt)) == Path("."):
+            raise DatasetError(f"{flag}: expected a folder of pairs apart from the ground truths, got their folder "
+                               f"{gt} itself (each image would be its own pair)")
+    files = list_images(root, exclude=lq_roots)
     if val_data is not None:
-        train_files, val_files = files, list_images(val_data)
+        train_files, val_files = files, list_images(val_data, exclude=lq_roots)
         split = f"validation folder {Path(val_data).resolve()}"
     else:
         if len(files) == 1 and (val_count or val_fraction):
@@ -536,10 +560,10 @@ def build_image_sets(data: str | Path, crop: int, val_data: Optional[str | Path]
     sets = ImageSets(train=train, val=val, root=root, split=split)
     if lq_data is not None:
         if val_data is None:
-            pair_images([train, val], root, files, Path(lq_data), scale, "--lq-data")
+            pair_images([train, val], root, files, Path(lq_data), scale, "--lq-data", "--data")
         else:
-            pair_images([train], root, files, Path(lq_data), scale, "--lq-data")
-            pair_images([val], Path(val_data), val_files, Path(val_lq_data), scale, "--val-lq-data")
+            pair_images([train], root, files, Path(lq_data), scale, "--lq-data", "--data")
+            pair_images([val], Path(val_data), val_files, Path(val_lq_data), scale, "--val-lq-data", "--val-data")
         sets.lq_roots = (Path(lq_data), Path(val_lq_data or lq_data))
     return sets
 
@@ -561,18 +585,19 @@ def _by_stem(files: Sequence[Path], root: Path, flag: str) -> dict[str, Path]:
 
 
 def pair_images(folders: Sequence[Optional[ImageFolder]], gt_root: Path, gt_files: Sequence[Path], lq_root: Path,
-                scale: int, flag: str) -> None:
+                scale: int, flag: str, gt_flag: str) -> None:
     """Pair every image of `folders` (ground truths found in `gt_root`, `gt_files` all of them) with
     the file of the same relative path and any image extension in `lq_root`, of exactly (H/s, W/s).
     DatasetError naming the first offenders when a ground truth has no pair or a pair has another
-    size; measurements without a ground truth are left out with a warning."""
-    lq = _by_stem(list_images(lq_root), lq_root, flag)
-    unused = sorted(set(lq) - set(_by_stem(gt_files, gt_root, flag)))
+    size or cannot be read; measurements without a ground truth are left out with a warning."""
+    lq = _by_stem(list_images(lq_root, exclude=[gt_root]), lq_root, flag)
+    unused = sorted(set(lq) - set(_by_stem(gt_files, gt_root, gt_flag)))
     if unused:
         log.warning("%s: %d image(s) in %s have no ground truth in %s and are not used: %s", flag, len(unused),
                     lq_root, gt_root, ", ".join(lq[k].relative_to(lq_root).as_posix() for k in unused[:5]))
     missing: list[str] = []
     wrong: list[str] = []
+    unreadable: list[str] = []
     for folder in filter(None, folders):
         for path, (h, w) in zip(folder.files, folder.sizes):
             q = lq.get(_stem(path, gt_root))
@@ -581,23 +606,40 @@ def pair_images(folders: Sequence[Optional[ImageFolder]], gt_root: Path, gt_file
                 continue
             try:
                 qh, qw = _image_size(q)
-                found = f"{qw}x{qh}"
             except (OSError, ValueError) as exc:
-                qh = qw = 0
-                found = f"unreadable ({exc.__class__.__name__})"
+                unreadable.append(f"{q.relative_to(lq_root).as_posix()} ({exc.__class__.__name__})")
+                continue
             if (qh * scale, qw * scale) != (h, w):
-                wrong.append(f"{q.relative_to(lq_root).as_posix()} is {found}, expected {w / scale:g}x{h / scale:g} "
-                             f"(ground truth {w}x{h} / {scale})")
+                turned = (qw * scale, qh * scale) == (h, w)  # e.g. made from the unrotated camera image
+                wrong.append(f"{q.relative_to(lq_root).as_posix()} is {qw}x{qh}, expected {w / scale:g}x{h / scale:g} "
+                             f"(ground truth {w}x{h} / {scale})"
+                             + (" (turned by a quarter: an EXIF orientation ignored on one side?)" if turned else ""))
     problems = []
     if missing:
+        near = _look_alikes(lq_root, missing[:5])
         problems.append(f"{len(missing)} ground truth(s) without a pair (expected the same relative path with any of "
-                        f"{', '.join(IMAGE_EXTENSIONS)}): {', '.join(missing[:5])}")
+                        f"{', '.join(IMAGE_EXTENSIONS)}): "
+                        + ", ".join(m + (f" (found {near[m]})" if m in near else "") for m in missing[:5]))
     if wrong:
         problems.append(f"{len(wrong)} pair(s) of the wrong size for x{scale}: {'; '.join(wrong[:5])}")
+    if unreadable:
+        problems.append(f"{len(unreadable)} pair(s) not readable as images: {', '.join(unreadable[:5])}")
     if problems:
         raise DatasetError(f"{flag} {lq_root}: " + "; ".join(problems))
     for folder in filter(None, folders):
         folder.pair_with([lq[_stem(p, gt_root)] for p in folder.files], lq_root, scale)
+
+
+def _look_alikes(root: Path, names: Sequence[str]) -> dict[str, str]:
+    """{name: a file of `root` whose relative path differs from `name` only in case or extension},
+    for the ground truths `names` (relative paths) without a pair."""
+    keys = {Path(n).with_suffix("").as_posix().lower(): n for n in names}
+    found: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        n = keys.get(p.relative_to(root).with_suffix("").as_posix().lower())
+        if n is not None and p.is_file():
+            found.setdefault(n, p.relative_to(root).as_posix())
+    return found
 
 
 def image_sets(args, scale: int) -> ImageSets:

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from _train_helpers import QUIET, TINY_INN, make_crops, make_test_vae, max_weight_diff
 from indigo_core.errors import ConfigError, DatasetError, TrainingError
@@ -274,3 +274,122 @@ def test_restorer_and_latent_inn_train_on_pairs(pairs, tmp_path):
     with torch.no_grad():
         zy = load_autoencoder(vae).encode(upsample_measurement(ys.float() / 255, (32, 32)))
     assert torch.allclose(zy, pool["zy"], atol=1e-4), float((zy - pool["zy"]).abs().max())
+
+
+def _pair(gt, lq, name, lq_name=None, size=48, s=S, seed=0):
+    """A random ground truth `gt/name` of size x size and its pair lq/`lq_name` (default: the same
+    name), every s-th pixel of it."""
+    x = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    for path, img in ((gt / name, x), (lq / (lq_name or name), x[::s, ::s])):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path)
+    return x
+
+
+def test_a_folder_of_pairs_inside_the_ground_truths_is_not_taken_for_ground_truths(tmp_path, caplog):
+    """--data photos --lq-data photos/lr: the lr images are pairs only (not ground truths, nor held
+    out); the same folder for both is refused, also at x1 where every image would pair with itself."""
+    photos = tmp_path / "photos"
+    for i, name in enumerate("abcdef"):
+        _pair(photos, photos / "lr", f"{name}.png", size=128, seed=i)  # pairs of 32x32: not skipped as small
+    sets = build_image_sets(photos, 32, val_count=2, lq_data=photos / "lr", scale=S)
+    assert len(sets.train) == 4 and len(sets.val) == 2
+    assert all(p.parent == photos for p in sets.train.files + sets.val.files)
+    assert all(q.parent == photos / "lr" for q in sets.train.lq + sets.val.lq)
+    # and the other way round: ground truths inside the folder of pairs are not pairs without a ground truth
+    lr = tmp_path / "lr"
+    _pair(lr / "hr", lr, "a.png")
+    with caplog.at_level(logging.WARNING):
+        sets = build_image_sets(lr / "hr", 32, val_count=0, lq_data=lr, scale=S)
+    assert sets.train.lq == [lr / "a.png"] and "not used" not in caplog.text
+    out = tmp_path / "out"
+    for folder in (photos, photos / "lr"):
+        with pytest.raises(DatasetError, match=r"^--lq-data: expected a folder of pairs apart from the ground "
+                                               r"truths, got their folder .* itself"):
+            run(["restorer", "--data", str(folder), "--lq-data", str(folder) + "/", "--scale", "1", "--out", str(out),
+                 "--crop", "32", *QUIET])
+    assert not out.exists()
+
+
+def test_refusals_name_what_was_found_in_place_of_a_pair(tmp_path):
+    gt, lq = tmp_path / "gt", tmp_path / "lq"
+    _pair(gt, lq, "Sub/A.png", "sub/a.png")  # names compared as they are, case included
+    _pair(gt, lq, "b.png", "b.bmp")  # not an image extension read
+    _pair(gt, lq, "c.png")
+    (lq / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    _pair(gt, lq, "d.jpg", size=96)
+    Image.new("RGB", (16, 24)).save(lq / "d.jpg")  # 24 tall instead of 24 wide
+    _pair(gt, lq, "e.png")
+    with pytest.raises(DatasetError) as err:
+        build_image_sets(gt, 32, val_count=0, lq_data=lq, scale=S)
+    assert str(err.value) == (
+        f"--lq-data {lq}: 2 ground truth(s) without a pair (expected the same relative path with any of .png, .jpg, "
+        f".jpeg, .webp): Sub/A.png (found sub/a.png), b.png (found b.bmp); 1 pair(s) of the wrong size for x4: d.jpg "
+        f"is 16x24, expected 24x24 (ground truth 96x96 / 4); 1 pair(s) not readable as images: c.png "
+        f"(UnidentifiedImageError)")
+    # two ground truths of one name: the message names the folder's own option
+    shutil.copy(gt / "e.png", gt / "e.jpg")
+    with pytest.raises(DatasetError, match=r"^--data: expected one image per name in .*gt .*: e\.jpg and e\.png$"):
+        build_image_sets(gt, 32, val_count=0, lq_data=lq, scale=S)
+
+
+def test_exif_orientation_is_applied_alike_to_sizes_and_pixels_on_both_sides(tmp_path):
+    """A camera JPEG stored 64 wide x 48 tall with orientation 6 (shown 48 x 64) pairs with a PNG of
+    the shown image; a pair made from the stored pixels (16 x 12) is refused as turned."""
+    gt, lq, raw = tmp_path / "gt", tmp_path / "lq", tmp_path / "raw"
+    for d in (gt, lq, raw):
+        d.mkdir()
+    stored = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(gt / "cam.jpg", exif=exif, quality=100)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(gt / "cam.jpg")).convert("RGB"))
+    assert shown.shape == (64, 48, 3)
+    # the pair as a PNG with no orientation, and as a PNG stored turned with orientation 6 itself
+    Image.fromarray(shown[::S, ::S]).save(lq / "cam.png")
+    Image.fromarray(shown[::S, ::S]).transpose(Image.Transpose.ROTATE_90).save(raw / "cam.png", exif=exif)
+    for folder in (lq, raw):
+        sets = build_image_sets(gt, 32, val_count=0, lq_data=folder, scale=S)
+        assert sets.train.sizes == [(64, 48)]
+        assert np.array_equal(sets.train.load(0), shown) and np.array_equal(sets.train.load_lq(0), shown[::S, ::S])
+    Image.fromarray(stored[::S, ::S]).save(raw / "cam.png")
+    with pytest.raises(DatasetError, match=r"cam\.png is 16x12, expected 12x16 \(ground truth 48x64 / 4\) \(turned by "
+                                           r"a quarter: an EXIF orientation ignored on one side\?\)$"):
+        build_image_sets(gt, 32, val_count=0, lq_data=raw, scale=S)
+
+
+def test_symlinked_folders_are_not_entered_on_either_side_and_say_so(tmp_path, caplog):
+    """Symlinked files and a symlinked --lq-data are read; a symlinked subfolder is not entered (on
+    both sides alike), with a warning naming it: a pair "missing" there is explained."""
+    gt, lq, store = tmp_path / "gt", tmp_path / "lq", tmp_path / "store"
+    _pair(gt, lq, "a.png")
+    _pair(gt, store, "sub/b.png")
+    (lq / "sub").symlink_to(store / "sub", target_is_directory=True)
+    (tmp_path / "lq_link").symlink_to(lq, target_is_directory=True)
+    _pair(gt, store, "c.png", seed=1)
+    (lq / "c.png").symlink_to(store / "c.png")
+    with caplog.at_level(logging.WARNING), pytest.raises(DatasetError, match=r"without a pair .*: sub/b\.png$"):
+        build_image_sets(gt, 32, val_count=0, lq_data=tmp_path / "lq_link", scale=S)
+    assert "lq_link: 1 symlinked folder(s) not entered: sub" in caplog.text
+    (gt / "sub").rename(tmp_path / "gt_sub")
+    (gt / "sub").symlink_to(tmp_path / "gt_sub", target_is_directory=True)
+    sets = build_image_sets(gt, 32, val_count=0, lq_data=tmp_path / "lq_link", scale=S)
+    assert [p.name for p in sets.train.files] == ["a.png", "c.png"]
+    assert np.array_equal(sets.train.load_lq(1), np.asarray(Image.open(store / "c.png")))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "I;16"])
+def test_measurements_in_any_mode_read_as_rgb(tmp_path, mode):
+    """Grey, palette, RGBA (alpha dropped) and 16-bit grey pairs (the high byte) of an RGB ground truth."""
+    gt, lq = tmp_path / "gt", tmp_path / "lq"
+    x = _pair(gt, lq, "a.png")
+    grey = x[::S, ::S, 1]
+    img = {"L": lambda: Image.fromarray(grey), "P": lambda: Image.fromarray(grey).convert("P"),
+           "RGBA": lambda: Image.fromarray(np.dstack([x[::S, ::S], np.zeros_like(grey)])),
+           "I;16": lambda: Image.fromarray(grey.astype(np.uint16) * 256 + 255)}[mode]()
+    img.save(lq / "a.png")
+    want = x[::S, ::S] if mode == "RGBA" else np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P":  # the palette of a grey image holds its grey levels
+        want = np.asarray(img.convert("RGB"))
+    smp = TrainCrops(build_image_sets(gt, 32, val_count=0, lq_data=lq, scale=S).train, 48, seed=0, flips="none")[0]
+    assert np.array_equal(as_uint8(smp.y), want)
