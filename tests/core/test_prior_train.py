@@ -33,6 +33,12 @@ def photos(tmp_path):
     return d
 
 
+def tiny_autoencoder_args(photos) -> list[str]:
+    """A tiny autoencoder run on `photos`, logged every step (add --out and --max-steps)."""
+    return ["--data", str(photos), "--val-fraction", "0.2", "--log-every", "1", "--device", "cpu", "--val-minutes",
+            "0", "--preset", "tiny", "--crop", "32", "--val-size", "32", "--batch-size", "2", "--stats-crops", "2"]
+
+
 def test_split_is_deterministic_and_shared(photos, tmp_path) -> None:
     train, val = photo_split(photos, 0.1)
     assert len(val) == 1 and len(train) == 9
@@ -109,9 +115,7 @@ def test_an_interrupted_runs_checkpoint_and_log_are_not_overwritten(tmp_path) ->
 
 def test_prior_resume_checks_the_checkpoints_settings_and_bad_values_are_refused(photos, tmp_path) -> None:
     out = tmp_path / "run"
-    common = ["--data", str(photos), "--val-fraction", "0.2", "--out", str(out), "--log-every", "1", "--device", "cpu",
-              "--val-minutes", "0", "--preset", "tiny", "--crop", "32", "--val-size", "32", "--batch-size", "2",
-              "--stats-crops", "2"]
+    common = ["--out", str(out), *tiny_autoencoder_args(photos)]
     run(["autoencoder", *common, "--max-steps", "1"])
     ckpt = str(out / "autoencoder_ckpt.pt")
     with pytest.raises(TrainingError, match=r"settings differ.*crop: checkpoint 32, now 48.*ssim_weight: checkpoint 0.2, now 5.0"):
@@ -256,9 +260,7 @@ def test_resume_continues_the_random_streams_and_the_unet_ema(photos, tmp_path, 
         seen.append(batch.clone())
         return batch
 
-    common = ["--data", str(photos), "--val-fraction", "0.2", "--log-every", "1", "--device", "cpu",
-              "--val-minutes", "0", "--preset", "tiny", "--crop", "32", "--val-size", "32", "--batch-size", "2",
-              "--stats-crops", "2"]
+    common = tiny_autoencoder_args(photos)
     straight, split = tmp_path / "straight", tmp_path / "split"
     monkeypatch.setattr(CropSampler, "__call__", recording)
     run(["autoencoder", *common, "--out", str(straight), "--max-steps", "2"])
@@ -293,9 +295,7 @@ def test_resume_continues_the_random_streams_and_the_unet_ema(photos, tmp_path, 
 
 def test_a_resumed_run_drops_the_log_rows_logged_after_its_checkpoint(photos, tmp_path) -> None:
     out = tmp_path / "run"
-    common = ["--data", str(photos), "--val-fraction", "0.2", "--out", str(out), "--log-every", "1", "--device", "cpu",
-              "--val-minutes", "0", "--preset", "tiny", "--crop", "32", "--val-size", "32", "--batch-size", "2",
-              "--stats-crops", "2"]
+    common = ["--out", str(out), *tiny_autoencoder_args(photos)]
     run(["autoencoder", *common, "--max-steps", "2"])
     log_file = out / "autoencoder_log.csv"
     # The interrupted run went on logging after its checkpoint (step 2), the last row half written.
