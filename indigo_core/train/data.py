@@ -562,8 +562,13 @@ def build_image_sets(data: str | Path, crop: int, val_data: Optional[str | Path]
         if val_data is None:
             pair_images([train, val], root, files, Path(lq_data), scale, "--lq-data", "--data")
         else:
-            pair_images([train], root, files, Path(lq_data), scale, "--lq-data", "--data")
-            pair_images([val], Path(val_data), val_files, Path(val_lq_data), scale, "--val-lq-data", "--val-data")
+            # one folder holding the training and the validation pairs: each side uses the other's
+            shared = _relative_to(Path(val_lq_data), Path(lq_data)) == Path(".")
+            train_names = frozenset(_stem(p, root) for p in files) if shared else frozenset()
+            val_names = frozenset(_stem(p, Path(val_data)) for p in val_files) if shared else frozenset()
+            pair_images([train], root, files, Path(lq_data), scale, "--lq-data", "--data", val_names)
+            pair_images([val], Path(val_data), val_files, Path(val_lq_data), scale, "--val-lq-data", "--val-data",
+                        train_names)
         sets.lq_roots = (Path(lq_data), Path(val_lq_data or lq_data))
     return sets
 
@@ -585,13 +590,14 @@ def _by_stem(files: Sequence[Path], root: Path, flag: str) -> dict[str, Path]:
 
 
 def pair_images(folders: Sequence[Optional[ImageFolder]], gt_root: Path, gt_files: Sequence[Path], lq_root: Path,
-                scale: int, flag: str, gt_flag: str) -> None:
+                scale: int, flag: str, gt_flag: str, paired_elsewhere: frozenset[str] = frozenset()) -> None:
     """Pair every image of `folders` (ground truths found in `gt_root`, `gt_files` all of them) with
     the file of the same relative path and any image extension in `lq_root`, of exactly (H/s, W/s).
     DatasetError naming the first offenders when a ground truth has no pair or a pair has another
-    size or cannot be read; measurements without a ground truth are left out with a warning."""
+    size or cannot be read; measurements without a ground truth are left out with a warning, except
+    `paired_elsewhere` (the names the other side of the run pairs from the same folder)."""
     lq = _by_stem(list_images(lq_root, exclude=[gt_root]), lq_root, flag)
-    unused = sorted(set(lq) - set(_by_stem(gt_files, gt_root, gt_flag)))
+    unused = sorted(set(lq) - set(_by_stem(gt_files, gt_root, gt_flag)) - paired_elsewhere)
     if unused:
         log.warning("%s: %d image(s) in %s have no ground truth in %s and are not used: %s", flag, len(unused),
                     lq_root, gt_root, ", ".join(lq[k].relative_to(lq_root).as_posix() for k in unused[:5]))

@@ -393,3 +393,19 @@ def test_measurements_in_any_mode_read_as_rgb(tmp_path, mode):
         want = np.asarray(img.convert("RGB"))
     smp = TrainCrops(build_image_sets(gt, 32, val_count=0, lq_data=lq, scale=S).train, 48, seed=0, flips="none")[0]
     assert np.array_equal(as_uint8(smp.y), want)
+
+
+def test_one_lq_folder_for_training_and_validation_pairs_warns_only_of_strays(tmp_path, caplog):
+    """--lq-data L --val-lq-data L: each side's pairs used to be reported "not used" by the other."""
+    gt, val, lq = tmp_path / "gt", tmp_path / "val", tmp_path / "lq"
+    for i, name in enumerate(("a.png", "b.png")):
+        _pair(gt, lq, name, seed=i)
+    _pair(val, lq, "c.png", seed=2)
+    with caplog.at_level(logging.WARNING):
+        sets = build_image_sets(gt, 32, val_data=val, lq_data=lq, val_lq_data=lq, scale=S)
+    assert [p.name for p in sets.train.lq] == ["a.png", "b.png"] and [p.name for p in sets.val.lq] == ["c.png"]
+    assert "not used" not in caplog.text
+    _pair(tmp_path / "elsewhere", lq, "stray.png", seed=3)  # a pair of neither side is still reported
+    with caplog.at_level(logging.WARNING):
+        build_image_sets(gt, 32, val_data=val, lq_data=lq, val_lq_data=lq, scale=S)
+    assert caplog.text.count("stray.png") == 2 and "c.png" not in caplog.text and "a.png" not in caplog.text
