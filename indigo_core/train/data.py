@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from ..errors import DatasetError
+from ..errors import ConfigError, DatasetError
 from ..io.digest import file_sha256
 
 log = logging.getLogger(__name__)
@@ -666,8 +666,6 @@ def degraders(args, scale: int, images: ImageSets) -> tuple:
 def check_crop(crop: int, scale: int, what: str = "the scale") -> None:
     """ConfigError unless the crop is a multiple of the factor s (y must be crop/s exactly)."""
     if crop % scale:
-        from ..errors import ConfigError
-
         raise ConfigError(f"--crop {crop} must be a multiple of {what} {scale}")
 
 
